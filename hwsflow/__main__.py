@@ -1,0 +1,3 @@
+from hwsflow.cli import main
+
+raise SystemExit(main())

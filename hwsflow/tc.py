@@ -20,14 +20,7 @@ from typing import Iterable, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (
-    RTM_DELQDISC,
-    RTM_DELTFILTER,
-    RTM_GETQDISC,
-    RTM_GETTFILTER,
-    RTM_NEWQDISC,
-    RTM_NEWTFILTER,
-)
+from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWTFILTER
 
 from hwsflow import tc_nla
 from hwsflow.tc_nla import TC_ACT_UNSPEC, TcMsg
@@ -37,7 +30,6 @@ Offload = Literal["auto", "required", "software"]
 
 ETH_P_ALL = 0x0003
 TC_H_INGRESS = 0xFFFFFFF1  # ingress/clsact qdisc parent (handle ffff:)
-TC_H_CLSACT_HANDLE = 0xFFFF0000
 # filter parents inside the clsact/ingress block, as `tc filter ... ingress|egress` uses them
 FILTER_PARENT: dict[str, int] = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 
@@ -285,8 +277,10 @@ def _delete(ipr: IPRoute, state: FilterState) -> None:
 
 
 def install(ipr: IPRoute, spec: FilterSpec) -> FilterState:
-    """Install (or replace a stale copy of) hwsflow's filter described by spec and read it back."""
-    ensure_qdisc(ipr, spec.ifindex, spec.ifname, spec.direction)
+    """Install (or replace a stale copy of) hwsflow's filter described by spec and read it back.
+
+    The port must already have its qdisc: call ensure_qdisc() first.
+    """
     for state in dump_filters(ipr, spec.ifindex, spec.direction):
         if state.ours and state.priority == spec.priority and state.chain == spec.chain:
             _delete(ipr, state)  # ours from an earlier run or with other settings: never stack
@@ -313,6 +307,15 @@ def _install_error(spec: FilterSpec, err: NetlinkError) -> TcError:
             f"sample filter ({err}); use `offload: auto` to sample in software instead"
         )
     return _port_error(spec.ifname, f"cannot add the {spec.direction} sample filter ({where})", err)
+
+
+def uninstall(ipr: IPRoute, spec: FilterSpec) -> bool:
+    """Delete hwsflow's filter for spec (same port, direction, priority, chain, cookie); True if one was there."""
+    for state in dump_filters(ipr, spec.ifindex, spec.direction):
+        if state.cookie == spec.cookie and state.priority == spec.priority and state.chain == spec.chain:
+            _delete(ipr, state)
+            return True
+    return False
 
 
 def remove(ipr: IPRoute, ifindex: int, directions: Iterable[Direction] = ("ingress", "egress")) -> int:

@@ -1,0 +1,281 @@
+"""sFlow v5 datagram builder: the agent's hot path.
+
+One DatagramBuilder owns a reused buffer; the caller adds samples, then takes
+the finished datagrams and sends them. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+# Written for speed on purpose: precompiled Structs, pack_into one reused
+# bytearray, and no per-sample objects beyond the finished datagram's bytes.
+
+_U32_MASK = 0xFFFFFFFF
+_U64_MASK = 0xFFFFFFFFFFFFFFFF
+_COMPACT_INDEX_MAX = 0xFFFFFF  # 24-bit source_id index
+_COMPACT_IF_MAX = 0x3FFFFFFF  # 30-bit interface value (top 2 bits: format)
+
+# sample_data formats (enterprise 0)
+FLOW_SAMPLE = 1
+COUNTERS_SAMPLE = 2
+FLOW_SAMPLE_EXPANDED = 3
+COUNTERS_SAMPLE_EXPANDED = 4
+# record formats (enterprise 0)
+SAMPLED_HEADER = 1
+IF_COUNTERS = 1
+ETHERNET_COUNTERS = 2
+PORT_NAME = 1005
+HEADER_PROTOCOL_ETHERNET = 1
+
+# version, agent address type (the address itself follows separately)
+_DGRAM_START = struct.Struct("!II")
+# sub_agent_id is fixed per builder; sequence, uptime, count go after it.
+_DGRAM_TAIL = struct.Struct("!III")
+_U32 = struct.Struct("!I")
+
+# flow_sample + sampled_header record header, in one pack:
+# tag, length, seq, source_id, rate, pool, drops, input, output, nrecords,
+# record tag, record length, protocol, frame_length, stripped, header length
+_FLOW_COMPACT = struct.Struct("!16I")
+# flow_sample_expanded: as above but source_id is (type, index) and each
+# interface is (format, value)
+_FLOW_EXPANDED = struct.Struct("!19I")
+# counters_sample: tag, length, seq, source_id, nrecords
+_COUNTERS_COMPACT = struct.Struct("!5I")
+# counters_sample_expanded: tag, length, seq, type, index, nrecords
+_COUNTERS_EXPANDED = struct.Struct("!6I")
+
+_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by len % 4
+
+_IF_COUNTERS = struct.Struct("!IIIIQIIQIIIIIIQIIIIII")  # tag + length + 88
+_ETHERNET_COUNTERS = struct.Struct("!15I")  # tag + length + 13 counters
+_PORT_NAME_MAX = 255  # string name<255>
+
+
+class DatagramBuilder:
+    """Packs samples into sFlow v5 datagrams no longer than max_size bytes."""
+
+    def __init__(
+        self,
+        agent_address: str,
+        sub_agent_id: int = 0,
+        max_size: int = 1400,
+        expanded: bool = False,
+    ) -> None:
+        addr = ipaddress.ip_address(agent_address)  # ValueError if invalid
+        addr_type = 1 if addr.version == 4 else 2
+        prefix = _DGRAM_START.pack(5, addr_type) + addr.packed + _U32.pack(sub_agent_id & _U32_MASK)
+        self._tail_at = len(prefix)
+        self._header_len = len(prefix) + _DGRAM_TAIL.size
+        # Smallest flow sample (no header bytes) must fit, or nothing could.
+        if max_size < self._header_len + _FLOW_EXPANDED.size:
+            raise ValueError(f"max_size {max_size} too small for one sample")
+        self._max = max_size
+        self._expanded = expanded
+        self._buf = bytearray(max_size)
+        self._buf[: len(prefix)] = prefix
+        self._pos = self._header_len
+        self._done: list[bytes] = []
+        self.sequence = 1
+        self.pending = 0
+
+    def add_flow_sample(
+        self,
+        uptime_ms: int,
+        seq: int,
+        source_type: int,
+        source_index: int,
+        rate: int,
+        pool: int,
+        drops: int,
+        input_if: int,
+        output_if: int,
+        frame_length: int,
+        stripped: int,
+        header: bytes | memoryview,
+        extra_records: bytes = b"",
+        extra_count: int = 0,
+    ) -> None:
+        expanded = (
+            self._expanded
+            or source_index > _COMPACT_INDEX_MAX
+            or source_type > 0xFF
+            or input_if > _COMPACT_IF_MAX
+            or output_if > _COMPACT_IF_MAX
+        )
+        fixed = _FLOW_EXPANDED.size if expanded else _FLOW_COMPACT.size
+        hlen = len(header)
+        pad = _PADS[hlen & 3]
+        size = fixed + hlen + len(pad) + len(extra_records)
+        if self._pos + size > self._max:
+            if self.pending:
+                self._finish(uptime_ms)
+            room = self._max - self._header_len - fixed - len(extra_records)
+            if room < 0:
+                raise ValueError("extra_records alone exceed max_size")
+            if size - fixed - len(extra_records) > room:
+                # A lone sample too big for max_size: keep the leading header
+                # bytes that fit (a multiple of 4, so no padding is needed).
+                hlen = room & ~3
+                header = header[:hlen]
+                pad = b""
+                size = fixed + hlen + len(extra_records)
+        record_len = 16 + hlen + len(pad)  # protocol..header_length + bytes
+        buf = self._buf
+        pos = self._pos
+        if expanded:
+            _FLOW_EXPANDED.pack_into(
+                buf, pos,
+                FLOW_SAMPLE_EXPANDED, size - 8, seq & _U32_MASK, source_type, source_index,
+                rate, pool & _U32_MASK, drops & _U32_MASK,
+                0, input_if, 0, output_if, 1 + extra_count,
+                SAMPLED_HEADER, record_len, HEADER_PROTOCOL_ETHERNET, frame_length, stripped, hlen,
+            )  # fmt: skip
+        else:
+            _FLOW_COMPACT.pack_into(
+                buf, pos,
+                FLOW_SAMPLE, size - 8, seq & _U32_MASK, (source_type << 24) | source_index,
+                rate, pool & _U32_MASK, drops & _U32_MASK,
+                input_if, output_if, 1 + extra_count,
+                SAMPLED_HEADER, record_len, HEADER_PROTOCOL_ETHERNET, frame_length, stripped, hlen,
+            )  # fmt: skip
+        pos += fixed
+        buf[pos : pos + hlen] = header
+        pos += hlen
+        # The buffer is reused: padding must be written, not assumed zero.
+        buf[pos : pos + len(pad)] = pad
+        pos += len(pad)
+        if extra_records:
+            buf[pos : pos + len(extra_records)] = extra_records
+            pos += len(extra_records)
+        self._pos = pos
+        self.pending += 1
+
+    def add_counter_sample(
+        self,
+        uptime_ms: int,
+        seq: int,
+        source_type: int,
+        source_index: int,
+        records: bytes,
+        record_count: int,
+    ) -> None:
+        expanded = self._expanded or source_index > _COMPACT_INDEX_MAX or source_type > 0xFF
+        fixed = _COUNTERS_EXPANDED.size if expanded else _COUNTERS_COMPACT.size
+        size = fixed + len(records)
+        if self._pos + size > self._max:
+            if self.pending:
+                self._finish(uptime_ms)
+            if self._header_len + size > self._max:
+                raise ValueError(f"counter sample of {size} bytes exceeds max_size {self._max}")
+        buf = self._buf
+        pos = self._pos
+        if expanded:
+            _COUNTERS_EXPANDED.pack_into(
+                buf, pos, COUNTERS_SAMPLE_EXPANDED, size - 8, seq & _U32_MASK,
+                source_type, source_index, record_count,
+            )  # fmt: skip
+        else:
+            _COUNTERS_COMPACT.pack_into(
+                buf, pos, COUNTERS_SAMPLE, size - 8, seq & _U32_MASK,
+                (source_type << 24) | source_index, record_count,
+            )  # fmt: skip
+        pos += fixed
+        buf[pos : pos + len(records)] = records
+        self._pos = pos + len(records)
+        self.pending += 1
+
+    def flush(self, uptime_ms: int) -> None:
+        """Finish the open datagram if it holds any sample."""
+        if self.pending:
+            self._finish(uptime_ms)
+
+    def take(self) -> list[bytes]:
+        """Finished datagrams since the last take, oldest first."""
+        done = self._done
+        self._done = []
+        return done
+
+    def _finish(self, uptime_ms: int) -> None:
+        _DGRAM_TAIL.pack_into(
+            self._buf, self._tail_at, self.sequence, uptime_ms & _U32_MASK, self.pending
+        )
+        self._done.append(bytes(self._buf[: self._pos]))
+        self.sequence = (self.sequence + 1) & _U32_MASK
+        self.pending = 0
+        self._pos = self._header_len
+
+
+def encode_if_counters(
+    ifindex: int,
+    iftype: int,
+    speed: int,
+    direction: int,
+    status: int,
+    in_octets: int,
+    in_ucast: int,
+    in_mcast: int,
+    in_bcast: int,
+    in_discards: int,
+    in_errors: int,
+    in_unknown: int,
+    out_octets: int,
+    out_ucast: int,
+    out_mcast: int,
+    out_bcast: int,
+    out_discards: int,
+    out_errors: int,
+    promisc: int,
+) -> bytes:
+    """Generic interface counters record (0:1), tag and length included.
+
+    Kernel counters are 64-bit; the 32-bit fields wrap like SNMP Counter32.
+    """
+    m, q = _U32_MASK, _U64_MASK
+    return _IF_COUNTERS.pack(
+        IF_COUNTERS, _IF_COUNTERS.size - 8,
+        ifindex & m, iftype & m, speed & q, direction & m, status & m,
+        in_octets & q, in_ucast & m, in_mcast & m, in_bcast & m,
+        in_discards & m, in_errors & m, in_unknown & m,
+        out_octets & q, out_ucast & m, out_mcast & m, out_bcast & m,
+        out_discards & m, out_errors & m, promisc & m,
+    )  # fmt: skip
+
+
+def encode_ethernet_counters(
+    dot3StatsAlignmentErrors: int,
+    dot3StatsFCSErrors: int,
+    dot3StatsSingleCollisionFrames: int,
+    dot3StatsMultipleCollisionFrames: int,
+    dot3StatsSQETestErrors: int,
+    dot3StatsDeferredTransmissions: int,
+    dot3StatsLateCollisions: int,
+    dot3StatsExcessiveCollisions: int,
+    dot3StatsInternalMacTransmitErrors: int,
+    dot3StatsCarrierSenseErrors: int,
+    dot3StatsFrameTooLongs: int,
+    dot3StatsInternalMacReceiveErrors: int,
+    dot3StatsSymbolErrors: int,
+) -> bytes:
+    """Ethernet interface counters record (0:2), tag and length included."""
+    values = (
+        dot3StatsAlignmentErrors, dot3StatsFCSErrors, dot3StatsSingleCollisionFrames,
+        dot3StatsMultipleCollisionFrames, dot3StatsSQETestErrors,
+        dot3StatsDeferredTransmissions, dot3StatsLateCollisions,
+        dot3StatsExcessiveCollisions, dot3StatsInternalMacTransmitErrors,
+        dot3StatsCarrierSenseErrors, dot3StatsFrameTooLongs,
+        dot3StatsInternalMacReceiveErrors, dot3StatsSymbolErrors,
+    )  # fmt: skip
+    return _ETHERNET_COUNTERS.pack(
+        ETHERNET_COUNTERS, _ETHERNET_COUNTERS.size - 8, *(v & _U32_MASK for v in values)
+    )
+
+
+def encode_port_name(name: str) -> bytes:
+    """Port name record (0:1005): an XDR string of at most 255 bytes."""
+    # Cut at 255 bytes without leaving half a UTF-8 character behind.
+    raw = name.encode("utf-8")[:_PORT_NAME_MAX].decode("utf-8", "ignore").encode("utf-8")
+    pad = _PADS[len(raw) & 3]
+    return _U32.pack(PORT_NAME) + _U32.pack(4 + len(raw) + len(pad)) + _U32.pack(len(raw)) + raw + pad

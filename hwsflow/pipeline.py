@@ -1,0 +1,125 @@
+"""From received psample bytes to finished sFlow datagrams: decode, map the group, account, encode.
+
+Pure: the agent hands in what recv_into() filled and sends what take() hands
+back.  feed() is the hot path, written for speed on purpose: the kernel's usual
+layout goes through psample.fast_decode and straight into the encoder's reused
+buffer; everything else through the general parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwsflow import psample
+from hwsflow.encoder import DatagramBuilder
+from hwsflow.datasource import DataSource
+from hwsflow.groups import GroupTable
+from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
+
+FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so
+SOURCE_TYPE_IFINDEX = 0
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    messages: int = 0
+    samples: int = 0  # samples of hwsflow's groups, exported
+    foreign: int = 0  # samples of groups that are not hwsflow's
+    malformed: int = 0  # messages that failed to decode, skipped
+    other: int = 0  # non-sample messages (other families, group notices)
+
+
+class SamplePipeline:
+    """Owns the decode -> map -> account -> encode path for one psample socket."""
+
+    def __init__(self, builder: DatagramBuilder, groups: GroupTable, family_id: int) -> None:
+        self.builder = builder
+        self.groups = groups
+        self.family_id = family_id
+        self.stats = PipelineStats()
+        # psample's IIFINDEX is 16 bits: the full ifindex of a port whose low 16 bits are unique
+        self.ifindex_by_low16: dict[int, int] = {}
+
+    def set_links(self, ifindexes: list[int]) -> None:
+        """Record the host's ifindexes, to widen 16-bit IIFINDEX values that are unambiguous."""
+        by_low: dict[int, list[int]] = {}
+        for ifindex in ifindexes:
+            by_low.setdefault(ifindex & 0xFFFF, []).append(ifindex)
+        self.ifindex_by_low16 = {low: found[0] for low, found in by_low.items() if len(found) == 1}
+
+    def feed(self, buf: bytes | bytearray | memoryview, nbytes: int, uptime_ms: int) -> None:
+        """Process every netlink message in buf[:nbytes]."""
+        view = memoryview(buf)
+        by_group = self.groups.by_group
+        export = self._export
+        fast = psample.fast_decode
+        family_id = self.family_id
+        stats = self.stats
+        pos = 0
+        while pos < nbytes:
+            stats.messages += 1
+            hit = fast(buf, pos, nbytes, family_id)
+            if hit is not None:
+                group, group_seq, rate, orig_size, iif, data_start, data_len, msg_end = hit
+                pos = (msg_end + 3) & ~3
+                source = by_group.get(group)
+                if source is None:
+                    stats.foreign += 1
+                    continue
+                export(source, uptime_ms, group_seq, rate, orig_size, iif, view[data_start:data_start + data_len])
+                continue
+            pos = self._feed_general(buf, pos, nbytes, uptime_ms)
+
+    def _feed_general(self, buf: bytes | bytearray | memoryview, pos: int, nbytes: int, uptime_ms: int) -> int:
+        """The slow path for one message; returns where the next message starts."""
+        try:
+            msg_type, start, stop = message_extent(buf, pos, nbytes)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            return nbytes  # the framing itself is broken: nothing after this point can be trusted
+        next_pos = (stop + 3) & ~3
+        if msg_type != self.family_id:
+            if msg_type not in (NLMSG_DONE, NLMSG_ERROR):
+                self.stats.other += 1
+            return next_pos
+        if stop - start < NLMSG_HDR.size + 4:
+            self.stats.malformed += 1
+            return next_pos
+        if buf[start + NLMSG_HDR.size] != psample.CMD_SAMPLE:
+            self.stats.other += 1  # NEW_GROUP / DEL_GROUP notices
+            return next_pos
+        try:
+            sample = psample.decode_sample(buf, start, stop)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            return next_pos
+        self.add_sample(sample, uptime_ms)
+        return next_pos
+
+    def add_sample(self, sample: psample.Sample, uptime_ms: int) -> None:
+        """Export one decoded sample (the general path; same result as the fast path)."""
+        source = self.groups.by_group.get(sample.group)
+        if source is None:
+            self.stats.foreign += 1
+            return
+        self._export(source, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data)
+
+    def _export(self, source: DataSource, uptime_ms: int, group_seq: int, rate: int, orig_size: int,
+                iif: int, data: bytes | memoryview) -> None:
+        source.account(group_seq, rate)
+        self.stats.samples += 1
+        if source.direction == "ingress":
+            input_if, output_if = source.ifindex, 0
+        else:
+            input_if, output_if = self.ifindex_by_low16.get(iif, 0), source.ifindex
+        self.builder.add_flow_sample(
+            uptime_ms, source.flow_seq, SOURCE_TYPE_IFINDEX, source.ifindex, rate,
+            source.pool, source.drops, input_if, output_if,
+            orig_size + FCS_LEN, FCS_LEN, data[: source.header],
+        )
+
+    def flush(self, uptime_ms: int) -> None:
+        self.builder.flush(uptime_ms)
+
+    def take(self) -> list[bytes]:
+        return self.builder.take()

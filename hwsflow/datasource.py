@@ -1,6 +1,9 @@
-"""sFlow data sources and their accounting: sequence numbers, sample pool, drops.
+"""sFlow data sources and the psample groups that feed them: sequence numbers, sample pool, drops.
 
-Pure state; the pipeline updates it per sample, the agent per poll.
+A data source is a port (sFlow's source id is its ifindex): one flow-sample
+sequence, one pool and one drop count, whatever direction its samples come
+from.  Each direction has its own psample group, whose GROUP_SEQ gaps say how
+many of that direction's samples were lost.  Pure state.
 """
 
 from __future__ import annotations
@@ -15,30 +18,42 @@ HALF_U32 = 1 << 31
 
 @dataclass(slots=True)
 class DataSource:
-    """One port in one direction, fed by one psample group."""
+    """One sampled port as collectors see it."""
 
     ifindex: int  # full 32-bit ifindex from rtnetlink: psample's IIFINDEX is only 16 bits
     ifname: str
-    direction: Direction
-    group: int
-    rate: int  # configured 1-in-N
-    header: int  # bytes of each packet exported
     flow_seq: int = 0  # sequence number of the last flow sample sent
-    pool: int = 0  # packets that could have been sampled (64-bit here, wrapped on the wire)
+    pool: int = 0  # packets that could have been sampled (unbounded here, wrapped on the wire)
     drops: int = 0  # samples lost, cumulative
     samples: int = 0  # samples received
+
+
+@dataclass(slots=True)
+class GroupBinding:
+    """One psample group feeding a data source in one direction."""
+
+    group: int
+    direction: Direction
+    rate: int  # configured 1-in-N
+    header: int  # bytes of each packet exported
+    source: DataSource
     last_group_seq: int | None = None
+    samples: int = 0
+    drops: int = 0
 
     def account(self, group_seq: int, rate: int) -> None:
-        """Advance seq, pool and drops for one received sample of this source's group."""
+        """Advance the source's seq, pool and drops for one received sample of this group."""
+        source = self.source
         last = self.last_group_seq
         if last is not None:
             gap = (group_seq - last - 1) & U32
             # all-zero sequences (mlx5 hardware) are no gap; a jump backwards is a reset (the group was recreated)
             if gap and gap < HALF_U32 and not (group_seq == 0 and last == 0):
                 self.drops += gap
-                self.pool += gap * rate  # lost samples stood for packets too
+                source.drops += gap
+                source.pool += gap * rate  # lost samples stood for packets too
         self.last_group_seq = group_seq
         self.samples += 1
-        self.flow_seq += 1
-        self.pool += rate
+        source.samples += 1
+        source.flow_seq += 1
+        source.pool += rate

@@ -5,15 +5,16 @@ Pure mapping; samples whose group is not here are not hwsflow's and are ignored.
 
 from __future__ import annotations
 
-from hwsflow.datasource import DataSource, Direction
+from hwsflow.datasource import DataSource, Direction, GroupBinding
 
 
 class GroupTable:
-    """Allocates group ids and maps each to its data source."""
+    """Allocates group ids, maps each to its binding, and keeps one data source per port."""
 
     def __init__(self, base: int) -> None:
         self.base = base
-        self.by_group: dict[int, DataSource] = {}  # read directly by the pipeline's hot path
+        self.by_group: dict[int, GroupBinding] = {}  # read directly by the pipeline's hot path
+        self.sources: dict[int, DataSource] = {}  # by ifindex
         self._by_port: dict[tuple[int, Direction], int] = {}
 
     def allocate(self, ifindex: int, direction: Direction) -> int:
@@ -30,15 +31,20 @@ class GroupTable:
         self._by_port[key] = group
         return group
 
-    def bind(self, source: DataSource) -> None:
-        self.by_group[source.group] = source
+    def bind(self, ifindex: int, ifname: str, direction: Direction, rate: int, header: int) -> GroupBinding:
+        """Allocate the group for (port, direction) and route its samples to the port's data source."""
+        source = self.sources.setdefault(ifindex, DataSource(ifindex, ifname))
+        binding = GroupBinding(self.allocate(ifindex, direction), direction, rate, header, source)
+        self.by_group[binding.group] = binding
+        return binding
 
-    def release(self, ifindex: int, direction: Direction) -> DataSource | None:
+    def release(self, ifindex: int, direction: Direction) -> GroupBinding | None:
+        """Forget (port, direction); the port's data source goes with its last direction."""
         group = self._by_port.pop((ifindex, direction), None)
-        return self.by_group.pop(group, None) if group is not None else None
+        binding = self.by_group.pop(group, None) if group is not None else None
+        if not any(port == ifindex for port, _ in self._by_port):
+            self.sources.pop(ifindex, None)
+        return binding
 
-    def get(self, group: int) -> DataSource | None:
+    def get(self, group: int) -> GroupBinding | None:
         return self.by_group.get(group)
-
-    def sources(self) -> list[DataSource]:
-        return list(self.by_group.values())

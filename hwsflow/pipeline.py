@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hwsflow import psample
 from hwsflow.encoder import DatagramBuilder
-from hwsflow.datasource import DataSource
+from hwsflow.datasource import GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
 
@@ -62,11 +62,11 @@ class SamplePipeline:
             if hit is not None:
                 group, group_seq, rate, orig_size, iif, data_start, data_len, msg_end = hit
                 pos = (msg_end + 3) & ~3
-                source = by_group.get(group)
-                if source is None:
+                binding = by_group.get(group)
+                if binding is None:
                     stats.foreign += 1
                     continue
-                export(source, uptime_ms, group_seq, rate, orig_size, iif, view[data_start:data_start + data_len])
+                export(binding, uptime_ms, group_seq, rate, orig_size, iif, view[data_start:data_start + data_len])
                 continue
             pos = self._feed_general(buf, pos, nbytes, uptime_ms)
 
@@ -98,24 +98,25 @@ class SamplePipeline:
 
     def add_sample(self, sample: psample.Sample, uptime_ms: int) -> None:
         """Export one decoded sample (the general path; same result as the fast path)."""
-        source = self.groups.by_group.get(sample.group)
-        if source is None:
+        binding = self.groups.by_group.get(sample.group)
+        if binding is None:
             self.stats.foreign += 1
             return
-        self._export(source, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data)
+        self._export(binding, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data)
 
-    def _export(self, source: DataSource, uptime_ms: int, group_seq: int, rate: int, orig_size: int,
+    def _export(self, binding: GroupBinding, uptime_ms: int, group_seq: int, rate: int, orig_size: int,
                 iif: int, data: bytes | memoryview) -> None:
-        source.account(group_seq, rate)
+        binding.account(group_seq, rate)
+        source = binding.source
         self.stats.samples += 1
-        if source.direction == "ingress":
+        if binding.direction == "ingress":
             input_if, output_if = source.ifindex, 0
         else:
             input_if, output_if = self.ifindex_by_low16.get(iif, 0), source.ifindex
         self.builder.add_flow_sample(
             uptime_ms, source.flow_seq, SOURCE_TYPE_IFINDEX, source.ifindex, rate,
             source.pool, source.drops, input_if, output_if,
-            orig_size + FCS_LEN, FCS_LEN, data[: source.header],
+            orig_size + FCS_LEN, FCS_LEN, data[: binding.header],
         )
 
     def flush(self, uptime_ms: int) -> None:

@@ -4,30 +4,30 @@ import ipaddress
 
 import pytest
 
-from hwsflow.datasource import DataSource
+from hwsflow.datasource import DataSource, GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.identity import agent_address, elect
 from hwsflow.netlink import attr, build_getfamily, parse_family_reply, parse_proc_netlink_drops, NLMSG_HDR, GENL_HDR
 
 
-def source(rate=10) -> DataSource:
-    return DataSource(ifindex=70000, ifname="p", direction="ingress", group=1000, rate=rate, header=128)
+def source(rate=10) -> GroupBinding:
+    return GroupBinding(group=1000, direction="ingress", rate=rate, header=128, source=DataSource(70000, "p"))
 
 
 def test_consecutive_group_seqs_count_no_drops():
     s = source()
     for seq in range(5):
         s.account(seq, 10)
-    assert (s.flow_seq, s.samples, s.drops, s.pool) == (5, 5, 0, 50)
+    assert (s.source.flow_seq, s.source.samples, s.source.drops, s.source.pool) == (5, 5, 0, 50)
 
 
 def test_group_seq_gap_counts_drops_and_pool():
     s = source()
     s.account(0, 10)
     s.account(4, 10)  # 1, 2, 3 lost
-    assert s.drops == 3
-    assert s.pool == 50  # lost samples stood for packets that passed the action too
-    assert s.flow_seq == 2
+    assert s.drops == s.source.drops == 3
+    assert s.source.pool == 50  # lost samples stood for packets that passed the action too
+    assert s.source.flow_seq == 2
 
 
 def test_group_seq_wraps():
@@ -59,10 +59,13 @@ def test_group_allocation_from_base_reuses_freed_ids():
     c = table.allocate(9, "ingress")
     assert (a, b, c) == (1000, 1001, 1002)
     assert table.allocate(5, "ingress") == 1000
-    table.bind(DataSource(5, "p", "ingress", a, 10, 128))
-    assert table.get(1000).ifindex == 5
+    binding = table.bind(5, "p", "ingress", 10, 128)
+    assert binding.group == 1000 and table.get(1000).source.ifindex == 5
+    assert table.bind(5, "p", "egress", 10, 128).source is binding.source  # one data source per port
     assert table.release(5, "ingress").group == 1000
-    assert table.get(1000) is None
+    assert table.get(1000) is None and 5 in table.sources
+    table.release(5, "egress")
+    assert 5 not in table.sources
     assert table.allocate(11, "ingress") == 1000
 
 

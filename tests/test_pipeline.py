@@ -4,7 +4,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwsflow import psample, sflow_ref
-from hwsflow.datasource import DataSource
 from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_HDR
@@ -16,7 +15,7 @@ BIG_IFINDEX = 0x12345  # above 65535: psample's IIFINDEX carries only 0x2345
 
 def make_pipeline(direction="ingress", header=64, max_size=1400):
     groups = GroupTable(1000)
-    groups.bind(DataSource(BIG_IFINDEX, "p0", direction, 1000, 10, header))
+    groups.bind(BIG_IFINDEX, "p0", direction, 10, header)
     pipeline = SamplePipeline(DatagramBuilder("192.0.2.1", max_size=max_size), groups, FAMILY)
     pipeline.set_links([1, 7, BIG_IFINDEX])
     return pipeline
@@ -64,6 +63,21 @@ def test_gaps_become_drops_on_the_right_source():
     samples = flows(run(make_pipeline(), msgs))
     assert [s["drops"] for s in samples] == [0, 0, 3]
     assert samples[-1]["sample_pool"] == 60
+
+
+def test_both_directions_share_one_data_source_sequence():
+    groups = GroupTable(1000)
+    groups.bind(BIG_IFINDEX, "p0", "ingress", 10, 64)
+    groups.bind(BIG_IFINDEX, "p0", "egress", 10, 64)
+    pipeline = SamplePipeline(DatagramBuilder("192.0.2.1"), groups, FAMILY)
+    msgs = [psample.build_message(kernel_sample(0, group=1000), FAMILY),
+            psample.build_message(kernel_sample(0, group=1001, oif=5), FAMILY),
+            psample.build_message(kernel_sample(2, group=1001, oif=5), FAMILY)]  # egress lost one
+    samples = flows(run(pipeline, msgs))
+    assert [s["sequence_number"] for s in samples] == [1, 2, 3]
+    assert [s["sample_pool"] for s in samples] == [10, 20, 40]
+    assert [s["drops"] for s in samples] == [0, 0, 1]
+    assert groups.get(1001).drops == 1 and groups.get(1000).drops == 0
 
 
 def test_other_groups_are_ignored_and_counted():

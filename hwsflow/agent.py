@@ -1,0 +1,274 @@
+"""The daemon: a thin asyncio (uvloop) shell moving bytes between sockets and the pure cores.
+
+rtnetlink work (links, addresses, tc) runs on one worker thread through
+pyroute2's sync IPRoute, whose asyncio sockets do not run on uvloop
+(REFERENCE section 6).  The psample socket is read on the event loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from hwsflow import tc
+from hwsflow.collectors import CollectorSet, open_collectors
+from hwsflow.config import Config, PortSettings
+from hwsflow.datasource import Direction
+from hwsflow.encoder import DatagramBuilder
+from hwsflow.groups import GroupTable
+from hwsflow.identity import agent_address
+from hwsflow.pipeline import SamplePipeline
+from hwsflow.psample_socket import PsampleSocket, PsampleUnavailable
+from hwsflow.systemd import notify
+
+log = logging.getLogger("hwsflow")
+
+RECV_BUFFER = 1 << 17  # one psample message is at most 64 KiB
+BATCH = 1024  # messages read per wakeup before yielding to timers and signals
+FLUSH_INTERVAL = 1.0  # s: a partly filled datagram waits at most this long
+PSAMPLE_RETRY = 2.0  # s between attempts while the psample module is absent
+
+
+class AgentError(Exception):
+    """Start-up cannot go on; the message says why."""
+
+
+class RtnlWorker:
+    """Runs rtnetlink calls on one dedicated thread that owns the IPRoute socket."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
+        self._ipr: IPRoute | None = None
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
+        if self._ipr is None:
+            self._ipr = tc.open_rtnl()
+        return fn(self._ipr, *args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._pool.submit(self._ipr.close).result()
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class WatchedPort:
+    """A port hwsflow samples, with what it installed there."""
+
+    ifindex: int
+    ifname: str
+    settings: PortSettings
+    specs: list[tc.FilterSpec] = field(default_factory=list)
+    created_qdisc: bool = False
+
+
+def _directions(setting: str) -> list[Direction]:
+    return ["ingress", "egress"] if setting == "both" else [setting]  # type: ignore[list-item]
+
+
+def _links(ipr: IPRoute) -> list[tuple[int, str]]:
+    return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+
+
+def _addresses(ipr: IPRoute) -> list[tuple[str, str]]:
+    names = dict(_links(ipr))
+    return [(names.get(addr["index"], ""), addr.get_attr("IFA_ADDRESS")) for addr in ipr.get_addr()]
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rtnl = RtnlWorker()
+        self.groups = GroupTable(config.group_base)
+        self.ports: dict[int, WatchedPort] = {}
+        self.collectors = CollectorSet()
+        self.psample: PsampleSocket | None = None
+        self.pipeline: SamplePipeline | None = None
+        self._started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._rxbuf = bytearray(RECV_BUFFER)
+        self._ifindexes: list[int] = []
+        self._psample_warned = False
+
+    def uptime_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
+
+    # ---------------------------------------------------------------- start-up
+
+    async def start(self) -> None:
+        cfg = self.config
+        address = agent_address(cfg.agent, await self.rtnl.call(_addresses))
+        self.collectors, errors = open_collectors([(t.host, t.port) for t in cfg.targets])
+        for line in errors:
+            log.error("%s", line)
+        if not self.collectors.collectors:
+            raise AgentError("no collector could be resolved; nothing to send samples to")
+        builder = DatagramBuilder(str(address), cfg.sub_agent_id, cfg.datagram_size, cfg.expanded)
+        log.info("agent address %s, sub-agent %d, collectors %s", address, cfg.sub_agent_id,
+                 ", ".join(c.target for c in self.collectors.collectors))
+        # join psample before installing filters, so no sample is built unheard; when the module is
+        # absent, the first sample filter loads it (act_sample depends on psample), so install anyway
+        psample_ready = self._try_psample(builder)
+        links = await self.rtnl.call(_links)
+        self._ifindexes = [ifindex for ifindex, _ in links]
+        if self.pipeline is not None:
+            self.pipeline.set_links(self._ifindexes)
+        for ifindex, ifname in links:
+            settings = cfg.settings_for(ifname)
+            if settings is not None:
+                await self.watch(ifindex, ifname, settings)
+        for rule in cfg.ports:
+            if rule.name is not None and rule.name not in {name for _, name in links}:
+                log.error("port %s: no such interface; it is not sampled", rule.name)
+        log.info("sampling %d ports through %d psample groups", len(self.groups.sources), len(self.groups.by_group))
+        if not psample_ready:
+            await self._wait_psample(builder)
+
+    def _try_psample(self, builder: DatagramBuilder) -> bool:
+        """Join psample's "packets" group now; False (logged once) when the module is absent."""
+        try:
+            self.psample = PsampleSocket(self.config.rcvbuf)
+        except PsampleUnavailable as err:
+            if not self._psample_warned:
+                log.error("%s; retrying every %.0f s", err, PSAMPLE_RETRY)
+                self._psample_warned = True
+            return False
+        if self._psample_warned:
+            log.info("psample is available now")
+        if self.psample.rcvbuf < self.config.rcvbuf:
+            log.warning("psample receive buffer is %d bytes, less than the %d asked for",
+                        self.psample.rcvbuf, self.config.rcvbuf)
+        self.pipeline = SamplePipeline(builder, self.groups, self.psample.family.id)
+        self.pipeline.set_links(self._ifindexes)
+        asyncio.get_running_loop().add_reader(self.psample.fileno(), self._on_readable)
+        return True
+
+    async def _wait_psample(self, builder: DatagramBuilder) -> None:
+        """Retry until psample appears or the agent is told to stop."""
+        while not self._try_psample(builder):
+            try:
+                await asyncio.wait_for(self._stop.wait(), PSAMPLE_RETRY)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    async def watch(self, ifindex: int, ifname: str, settings: PortSettings) -> None:
+        """Install hwsflow's filter(s) on a port; a failure is logged with the port's name, others go on."""
+        port = WatchedPort(ifindex, ifname, settings)
+        for direction in _directions(settings.direction):
+            # bound before the filter exists, so not even the first sample is counted as foreign
+            binding = self.groups.bind(ifindex, ifname, direction, settings.sampling, settings.header)
+            group = binding.group
+            spec = tc.FilterSpec(ifindex, ifname, direction, settings.sampling, group, settings.header,
+                                 settings.priority, settings.chain, settings.offload)
+            try:
+                port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, ifindex, ifname, direction)
+                state = await self.rtnl.call(tc.install, spec)
+            except tc.TcError as err:
+                log.error("%s", err)
+                self.groups.release(ifindex, direction)
+                continue
+            except (NetlinkError, OSError) as err:  # the port vanished meanwhile, or the kernel said no
+                log.error("port %s: cannot install the %s filter: %s", ifname, direction, err)
+                self.groups.release(ifindex, direction)
+                continue
+            port.specs.append(spec)
+            log.info("port %s (ifindex %d): %s 1-in-%d, header %d, group %d, priority %d, %s",
+                     ifname, ifindex, direction, settings.sampling, settings.header, group,
+                     settings.priority, _offload_text(state))
+        if port.specs or port.created_qdisc:
+            self.ports[ifindex] = port
+
+    # ---------------------------------------------------------------- running
+
+    def _on_readable(self) -> None:
+        psample, pipeline = self.psample, self.pipeline
+        assert psample is not None and pipeline is not None
+        recv_into, buf, feed = psample.sock.recv_into, self._rxbuf, pipeline.feed
+        now = self.uptime_ms()
+        for _ in range(BATCH):
+            try:
+                nbytes = recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                psample.enobufs += 1  # the kernel dropped samples; GROUP_SEQ gaps say how many per port
+                continue
+            feed(buf, nbytes, now)
+        datagrams = pipeline.take()
+        if datagrams:
+            self.collectors.send(datagrams)
+
+    async def _flush_periodically(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            if self.pipeline is not None:
+                self.pipeline.flush(self.uptime_ms())
+                datagrams = self.pipeline.take()
+                if datagrams:
+                    self.collectors.send(datagrams)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            await self.start()
+            notify("READY=1")
+            await self._flush_periodically()
+        finally:
+            notify("STOPPING=1")
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Flush what is pending, then remove hwsflow's filters unless the config keeps them."""
+        if self.psample is not None:
+            asyncio.get_running_loop().remove_reader(self.psample.fileno())
+            self._on_readable()  # samples already queued in the socket still count
+            if self.pipeline is not None:
+                self.pipeline.flush(self.uptime_ms())
+                self.collectors.send(self.pipeline.take())
+            self.psample.close()
+        if not self.config.keep_filters:
+            for port in list(self.ports.values()):
+                await self._unwatch(port)
+        self.collectors.close()
+        self.rtnl.close()
+
+    async def _unwatch(self, port: WatchedPort) -> None:
+        for spec in port.specs:
+            try:
+                await self.rtnl.call(tc.uninstall, spec)
+            except Exception as err:  # keep removing the others: leave as little behind as possible
+                log.error("port %s: cannot remove the %s filter: %s", port.ifname, spec.direction, err)
+            self.groups.release(spec.ifindex, spec.direction)
+        if port.created_qdisc:
+            await self.rtnl.call(tc.remove_qdisc_if_unused, port.ifindex)
+        self.ports.pop(port.ifindex, None)
+        log.info("port %s: filters removed", port.ifname)
+
+
+def _offload_text(state: tc.FilterState) -> str:
+    if state.in_hw is None:
+        return "offload state unknown"
+    return "in_hw" if state.in_hw else "not_in_hw (software only: only the slow path is sampled)"

@@ -1,0 +1,88 @@
+"""Command line: `hwsflow run`, `hwsflow check-config`, `hwsflow decode`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hwsflow import __version__
+
+EXIT_CONFIG = 2  # config errors: nothing was touched
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwsflow", description="sFlow v5 agent fed by tc sample and psample")
+    parser.add_argument("--version", action="version", version=f"hwsflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", "-c", default="/etc/hwsflow/hwsflow.yaml", help="YAML config file")
+    run.add_argument("--debug", action="store_true", help="log debug messages")
+
+    check = sub.add_parser("check-config", help="validate a config file without touching the system")
+    check.add_argument("file")
+
+    decode = sub.add_parser("decode", help="print sFlow datagrams arriving on a UDP port or stored in a pcap")
+    source = decode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--port", type=int, help="UDP port to listen on (all addresses)")
+    source.add_argument("--pcap", help="pcap file to read")
+    decode.add_argument("--filter-port", type=int, help="with --pcap: only this UDP port")
+    decode.add_argument("--count", type=int, help="stop after this many datagrams")
+    decode.add_argument("--json", action="store_true", help="one JSON object per datagram")
+    return parser
+
+
+def _load_config(path: str):
+    from hwsflow.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"hwsflow: config error: {err}", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(message)s",  # journald adds the time and the unit
+        stream=sys.stderr,
+    )
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    import uvloop
+
+    from hwsflow.agent import Agent, AgentError
+
+    try:
+        uvloop.run(Agent(config).run())
+    except AgentError as err:
+        logging.getLogger("hwsflow").error("%s", err)
+        return 1
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load_config(args.file)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"{args.file}: ok ({len(config.ports)} port rules, {len(config.targets)} collectors)")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from hwsflow.decode import run_decode
+
+    port = args.port if args.port is not None else args.filter_port
+    return run_decode(port=port, pcap=args.pcap, count=args.count, json_out=args.json, out=sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "check-config": _cmd_check_config, "decode": _cmd_decode}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130

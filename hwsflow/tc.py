@@ -102,6 +102,8 @@ def is_our_cookie(cookie: bytes | None) -> bool:
 def open_rtnl() -> IPRoute:
     """An rtnetlink socket whose filter messages decode with hwsflow's tcmsg (chain, cookie, flags)."""
     ipr = IPRoute()
+    # pyroute2 0.9.7's sync nlm_request reads this key, which IPRoute never sets
+    ipr.status["nlm_generator"] = False
     for msg_type in (RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER):
         ipr.marshal.msg_map[msg_type] = TcMsg  # per-socket table: nothing global changes
     return ipr

@@ -177,6 +177,13 @@ def test_tshark_decodes_every_datagram_consistently(datagrams):
     sflow_check.cross_check(datagrams["v4"])
 
 
+def test_agent_started_before_psample_waits_for_it(vm):
+    """Nothing loads psample in the fresh guest before the first agent: its own filter pulls it in."""
+    log = vm["pipeline_log"]
+    assert log.count("load it with `modprobe psample`") == 1  # said once, not at every retry
+    assert log.index("modprobe psample") < log.index("psample is available now")
+
+
 def test_refusals_are_loud_and_name_the_port(vm):
     log = vm["refusals_log"]
     assert "port hsp0: offload is `required`" in log

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hwsflow import tc
 from hwsflow.collectors import CollectorSet, open_collectors
 from hwsflow.config import Config, PortSettings
+from hwsflow.counters import LinkState, counter_records
 from hwsflow.datasource import Direction
 from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
@@ -80,6 +82,36 @@ def _directions(setting: str) -> list[Direction]:
 
 def _links(ipr: IPRoute) -> list[tuple[int, str]]:
     return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+
+
+IFF_UP, IFF_RUNNING, IFF_PROMISC = 0x1, 0x40, 0x100
+
+
+def _sysfs(ifname: str, name: str) -> str:
+    try:
+        with open(f"/sys/class/net/{ifname}/{name}", encoding="ascii") as attr:
+            return attr.read().strip()
+    except OSError:  # virtual links answer EINVAL for speed
+        return ""
+
+
+def _link_state(ipr: IPRoute, ifindex: int, ifname: str) -> LinkState:
+    """The port's flags and 64-bit stats (rtnetlink) with speed and duplex (sysfs: rtnetlink has neither)."""
+    (msg,) = ipr.get_links(ifindex)
+    flags = msg["flags"]
+    stats = msg.get_attr("IFLA_STATS64") or {}
+    speed = _sysfs(ifname, "speed")
+    return LinkState(
+        ifindex=ifindex,
+        ifname=ifname,
+        arphrd=msg["ifi_type"],
+        admin_up=bool(flags & IFF_UP),
+        oper_up=bool(flags & IFF_RUNNING),
+        promisc=bool(flags & IFF_PROMISC),
+        speed_bps=int(speed) * 1_000_000 if speed.isdigit() else 0,
+        duplex=_sysfs(ifname, "duplex") or "unknown",
+        stats={k: v for k, v in dict(stats).items() if isinstance(v, int)},
+    )
 
 
 def _addresses(ipr: IPRoute) -> list[tuple[str, str]]:
@@ -225,6 +257,42 @@ class Agent:
                 if datagrams:
                     self.collectors.send(datagrams)
 
+    async def _poll_counters(self) -> None:
+        """A counter sample per port every `polling` seconds, each port at its own random phase."""
+        interval = self.config.polling
+        due: dict[int, float] = {}
+        while interval > 0 and not self._stop.is_set():
+            now = time.monotonic()
+            for ifindex in set(due) - set(self.groups.sources):
+                del due[ifindex]  # the port is no longer watched
+            for ifindex, source in list(self.groups.sources.items()):
+                # spread ports over the interval so collectors see no synchronised bursts
+                when = due.setdefault(ifindex, now + random.uniform(0, interval))
+                if when <= now:
+                    due[ifindex] = max(when + interval, now)
+                    await self._send_counters(ifindex, source.ifname)
+            delay = min(due.values(), default=now + interval) - time.monotonic()
+            try:
+                await asyncio.wait_for(self._stop.wait(), max(delay, 0.01))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _send_counters(self, ifindex: int, ifname: str) -> None:
+        try:
+            link = await self.rtnl.call(_link_state, ifindex, ifname)
+        except (NetlinkError, OSError, ValueError) as err:  # the port went away between polls
+            log.debug("port %s: no counters: %s", ifname, err)
+            return
+        source = self.groups.sources.get(ifindex)
+        if source is None or self.pipeline is None:
+            return
+        source.counter_seq += 1
+        records, count = counter_records(link)
+        self.pipeline.builder.add_counter_sample(self.uptime_ms(), source.counter_seq, 0, ifindex, records, count)
+        datagrams = self.pipeline.take()
+        if datagrams:
+            self.collectors.send(datagrams)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -235,7 +303,9 @@ class Agent:
         try:
             await self.start()
             notify("READY=1")
+            poller = asyncio.create_task(self._poll_counters())
             await self._flush_periodically()
+            await poller
         finally:
             notify("STOPPING=1")
             await self.shutdown()

@@ -26,6 +26,7 @@ class DataSource:
     pool: int = 0  # packets that could have been sampled (unbounded here, wrapped on the wire)
     drops: int = 0  # samples lost, cumulative
     samples: int = 0  # samples received
+    counter_seq: int = 0  # sequence number of the last counter sample sent
 
 
 @dataclass(slots=True)

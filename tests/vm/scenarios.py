@@ -34,6 +34,7 @@ PORTS = {"hsp0": "hsp0x", "hsp1": "hsp1x", "hsp2": "hsp2x"}
 COLLECTOR_V4 = ("127.0.0.1", 16343)
 COLLECTOR_V6 = ("::1", 16344)
 TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT, TAG_BARRIER = 0, 1, 2, 9
+POLLING = 2  # s, counter polling interval of the pipeline scenario
 COUNTS = {TAG_HSP0: 200, TAG_HSP1_IN: 400, TAG_HSP1_OUT: 400}
 READY_DEADLINE = 240.0
 TRAFFIC_DEADLINE = 240.0
@@ -63,6 +64,7 @@ def setup_ports() -> None:
         sh("ip", "netns", "exec", NS, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
     for port, peer in PORTS.items():
         sh("ip", "link", "add", port, "type", "veth", "peer", "name", peer, "netns", NS)
+        sh("sysctl", "-qw", f"net.ipv6.conf.{port}.disable_ipv6=1")  # counters move only with test frames
         sh("ip", "link", "set", port, "up")
         sh("ip", "netns", "exec", NS, "ip", "link", "set", peer, "up")
     # hsp0 looks like an Open vSwitch port: a plain ingress qdisc and a filter at a later priority
@@ -101,6 +103,15 @@ class Collector:
         with self.lock:
             blobs = list(self.datagrams[which])
         return {int.from_bytes(m.group(1), "big") for blob in blobs for m in pattern.finditer(blob)}
+
+    def count(self, which: str) -> int:
+        with self.lock:
+            return len(self.datagrams[which])
+
+    def has_after(self, which: str, start: int, needle: bytes) -> bool:
+        """Whether a datagram received after the first `start` ones contains needle."""
+        with self.lock:
+            return any(needle in d for d in self.datagrams[which][start:])
 
     def stop(self) -> dict[str, list[str]]:
         self.running = False
@@ -160,13 +171,13 @@ class AgentProcess:
         return code
 
 
-def agent_config(ports: str, sampling: int = 1) -> str:
+def agent_config(ports: str, sampling: int = 1, polling: int = 0) -> str:
     return (
         "agent: 192.0.2.1\n"
         f"targets: ['{COLLECTOR_V4[0]}:{COLLECTOR_V4[1]}', '[{COLLECTOR_V6[0]}]:{COLLECTOR_V6[1]}']\n"
         f"sampling: {sampling}\n"
         "header: 128\n"
-        "polling: 0\n"
+        f"polling: {polling}\n"
         "group_base: 3000\n"
         f"ports:\n{ports}"
     )
@@ -181,7 +192,8 @@ def scenario_pipeline(rwdir: Path, out: dict) -> None:
     collector = Collector()
     agent = AgentProcess(rwdir, "pipeline", agent_config(
         "  - name: hsp0\n"
-        "  - name: hsp1\n    sampling: 4\n    header: 64\n    direction: both\n"
+        "  - name: hsp1\n    sampling: 4\n    header: 64\n    direction: both\n",
+        polling=POLLING,
     ))
     out["pipeline_ready_s"] = agent.wait_ready()
     out["tc_running"] = {
@@ -203,6 +215,12 @@ def scenario_pipeline(rwdir: Path, out: dict) -> None:
         TRAFFIC_DEADLINE, "every hsp0 sample at both collectors")
     send_from_namespace("hsp0x", TAG_BARRIER, 1)
     wait_for(lambda: all(collector.seen(k, TAG_BARRIER) for k in ("v4", "v6")), TRAFFIC_DEADLINE, "the barrier")
+    # a counter sample of each port taken after all traffic, so it must equal the link's final stats
+    after_barrier = collector.count("v4")
+    out["counters_wait_s"] = wait_for(
+        lambda: all(collector.has_after("v4", after_barrier, b"\0\0\0\x04" + p.encode()) for p in ("hsp0", "hsp1")),
+        TRAFFIC_DEADLINE, "counter samples after the traffic")
+    out["link_stats"] = {p: json.loads(sh("ip", "-s", "-j", "link", "show", p))[0]["stats64"] for p in ("hsp0", "hsp1")}
     out["tc_before_stop"] = {
         "hsp0_ingress": tc_json("filter", "show", "dev", "hsp0", "ingress"),
         "hsp1_ingress": tc_json("filter", "show", "dev", "hsp1", "ingress"),

@@ -15,7 +15,7 @@ import pytest
 
 from hwsflow import sflow_ref
 from tests.vm import frames, harness
-from tests.vm.scenarios import COUNTS, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT
+from tests.vm.scenarios import COUNTS, POLLING, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT
 
 import sflow_check
 
@@ -137,10 +137,11 @@ def test_sequence_numbers_rise_without_gaps(datagrams):
         parsed = [sflow_ref.parse_datagram(d) for d in stream]
         seqs = [d["sequence_number"] for d in parsed]
         assert seqs == list(range(1, len(seqs) + 1)), key
-        per_source: dict[int, list[int]] = defaultdict(list)
+        per_source: dict[tuple[int, str], list[int]] = defaultdict(list)
         for d in parsed:
             for s in d["samples"]:
-                per_source[s["source_id_index"]].append(s["sequence_number"])  # both directions: one source
+                # both directions share one source; flow and counter samples count separately
+                per_source[s["source_id_index"], s["kind"]].append(s["sequence_number"])
         for source, numbers in per_source.items():
             assert numbers == list(range(1, len(numbers) + 1)), (key, source)
 
@@ -175,6 +176,38 @@ def test_stop_removes_only_hwsflows_filters(vm):
 
 def test_tshark_decodes_every_datagram_consistently(datagrams):
     sflow_check.cross_check(datagrams["v4"])
+
+
+def _counter_samples(datagrams, ifindex: int) -> list[tuple[int, dict]]:
+    """(datagram uptime, sample) of every counter sample of one port, in arrival order."""
+    out = []
+    for data in datagrams["v4"]:
+        d = sflow_ref.parse_datagram(data)
+        out += [(d["uptime"], s) for s in d["samples"] if s["kind"] == "counters" and s["source_id_index"] == ifindex]
+    return out
+
+
+@pytest.mark.parametrize("port", ["hsp0", "hsp1"])
+def test_counter_samples_carry_the_links_real_counters(vm, datagrams, port):
+    samples = _counter_samples(datagrams, vm["ifindex"][port])
+    assert [s["sequence_number"] for _, s in samples] == list(range(1, len(samples) + 1))
+    generic, ethernet, name = samples[-1][1]["records"]  # taken after all traffic
+    stats = vm["link_stats"][port]
+    assert name["name"] == port and generic["ifIndex"] == vm["ifindex"][port]
+    assert generic["ifType"] == 6 and generic["ifStatus"] == 3  # ethernetCsmacd, admin and oper up
+    assert generic["ifInOctets"] == stats["rx"]["bytes"]
+    assert generic["ifInUcastPkts"] + generic["ifInMulticastPkts"] == stats["rx"]["packets"]
+    assert generic["ifOutOctets"] == stats["tx"]["bytes"] and generic["ifOutUcastPkts"] == stats["tx"]["packets"]
+    assert generic["ifInOctets"] > 0 and ethernet["dot3StatsFCSErrors"] == stats["rx"]["errors"] == 0
+
+
+def test_counter_samples_follow_the_polling_interval(vm, datagrams):
+    for port in ("hsp0", "hsp1"):
+        times = [uptime for uptime, _ in _counter_samples(datagrams, vm["ifindex"][port])]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert gaps, port
+        # datagram uptimes: a sample waits up to the 1 s flush before its datagram is stamped
+        assert all(POLLING * 1000 - 1100 <= gap <= POLLING * 1000 + 1100 for gap in gaps), (port, gaps)
 
 
 def test_agent_started_before_psample_waits_for_it(vm):

@@ -1,0 +1,34 @@
+"""The command line as an operator and Ansible use it."""
+
+from pathlib import Path
+
+from hwsflow import cli
+from hwsflow.encoder import DatagramBuilder
+from hwsflow.pcap import write_udp_pcap
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_check_config_accepts_the_example(capsys):
+    assert cli.main(["check-config", str(REPO / "etc/hwsflow.yaml")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_check_config_and_run_reject_a_bad_file_with_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: ['192.0.2.1:6343']\nports:\n  - name: eth0\n    samplig: 10\n")
+    assert cli.main(["check-config", str(bad)]) == 2
+    assert cli.main(["run", "--config", str(bad)]) == 2  # before any tc state is touched
+    err = capsys.readouterr().err
+    assert str(bad) in err and "ports[0].samplig" in err
+
+
+def test_decode_prints_datagrams_from_a_pcap(tmp_path, capsys):
+    builder = DatagramBuilder("192.0.2.1")
+    builder.add_flow_sample(5, 1, 0, 3, 10, 10, 0, 3, 0, 64, 4, bytes(60))
+    builder.flush(5)
+    pcap = tmp_path / "s.pcap"
+    pcap.write_bytes(write_udp_pcap(builder.take()))
+    assert cli.main(["decode", "--pcap", str(pcap)]) == 0
+    out = capsys.readouterr().out
+    assert "agent=192.0.2.1" in out and "rate=10" in out and "in=3" in out

@@ -8,7 +8,6 @@ pyroute2's sync IPRoute, whose asyncio sockets do not run on uvloop
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import signal
@@ -29,13 +28,13 @@ from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
 from hwsflow.identity import agent_address
 from hwsflow.pipeline import SamplePipeline
+from hwsflow.receive import BATCH, drain
 from hwsflow.psample_socket import PsampleSocket, PsampleUnavailable
 from hwsflow.systemd import notify
 
 log = logging.getLogger("hwsflow")
 
 RECV_BUFFER = 1 << 17  # one psample message is at most 64 KiB
-BATCH = 1024  # messages read per wakeup before yielding to timers and signals
 FLUSH_INTERVAL = 1.0  # s: a partly filled datagram waits at most this long
 PSAMPLE_RETRY = 2.0  # s between attempts while the psample module is absent
 
@@ -228,22 +227,8 @@ class Agent:
     def _on_readable(self) -> None:
         psample, pipeline = self.psample, self.pipeline
         assert psample is not None and pipeline is not None
-        recv_into, buf, feed = psample.sock.recv_into, self._rxbuf, pipeline.feed
-        now = self.uptime_ms()
-        for _ in range(BATCH):
-            try:
-                nbytes = recv_into(buf)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                if err.errno != errno.ENOBUFS:
-                    raise
-                psample.enobufs += 1  # the kernel dropped samples; GROUP_SEQ gaps say how many per port
-                continue
-            feed(buf, nbytes, now)
-        datagrams = pipeline.take()
-        if datagrams:
-            self.collectors.send(datagrams)
+        _read, enobufs = drain(psample.sock, self._rxbuf, pipeline, self.collectors, self.uptime_ms(), BATCH)
+        psample.enobufs += enobufs
 
     async def _flush_periodically(self) -> None:
         while not self._stop.is_set():

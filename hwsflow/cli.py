@@ -1,4 +1,4 @@
-"""Command line: `hwsflow run`, `hwsflow check-config`, `hwsflow decode`."""
+"""Command line: `hwsflow run`, `hwsflow check-config`, `hwsflow decode`, `hwsflow bench`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--filter-port", type=int, help="with --pcap: only this UDP port")
     decode.add_argument("--count", type=int, help="stop after this many datagrams")
     decode.add_argument("--json", action="store_true", help="one JSON object per datagram")
+
+    bench = sub.add_parser("bench", help="measure the receive path with replayed psample messages (root)")
+    bench.add_argument("--runs", type=int, default=5, help="full-speed runs; the median is reported")
+    bench.add_argument("--samples", type=int, default=200_000, help="samples per full-speed run")
+    bench.add_argument("--offered", type=int, default=200_000, help="samples/s of the paced run")
+    bench.add_argument("--duration", type=float, default=5.0, help="seconds of the paced run")
+    bench.add_argument("--json", action="store_true", help="the figures as one JSON object")
     return parser
 
 
@@ -79,9 +86,16 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return run_decode(port=port, pcap=args.pcap, count=args.count, json_out=args.json, out=sys.stdout)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from hwsflow.bench import Options, run_bench
+
+    options = Options(runs=args.runs, samples=args.samples, offered=args.offered, duration=args.duration)
+    return run_bench(options, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "check-config": _cmd_check_config, "decode": _cmd_decode}
+    handlers = {"run": _cmd_run, "check-config": _cmd_check_config, "decode": _cmd_decode, "bench": _cmd_bench}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

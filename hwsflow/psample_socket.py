@@ -44,6 +44,26 @@ def resolve_family(name: str, timeout: float = 5.0) -> Family:
                 return family
 
 
+def open_generic_socket(rcvbuf: int) -> tuple[socket.socket, int]:
+    """A non-blocking, bound generic-netlink socket and the receive buffer it got."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
+    sock.bind((0, 0))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # capped by rmem_max
+    return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def kernel_drops(inode: int) -> int | None:
+    """Messages the kernel dropped on the netlink socket with this inode (/proc/net/netlink)."""
+    try:
+        with open("/proc/net/netlink", encoding="ascii") as proc:
+            return parse_proc_netlink_drops(proc.read(), inode)
+    except OSError:
+        return None
+
+
 class PsampleSocket:
     """Non-blocking socket joined to psample's "packets" group."""
 
@@ -51,22 +71,11 @@ class PsampleSocket:
         self.family = resolve_family(PSAMPLE_FAMILY)
         if PACKETS_GROUP not in self.family.groups:
             raise PsampleUnavailable(f"psample family has no {PACKETS_GROUP!r} group: {sorted(self.family.groups)}")
-        self.sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, NETLINK_GENERIC
-        )
-        self.sock.bind((0, 0))
-        self.rcvbuf = self._set_rcvbuf(rcvbuf)
+        self.sock, self.rcvbuf = open_generic_socket(rcvbuf)
         # joining "packets" needs CAP_NET_ADMIN since Dec 2023: EPERM here means missing privileges
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, self.family.groups[PACKETS_GROUP])
         self.inode = os.fstat(self.sock.fileno()).st_ino
         self.enobufs = 0  # times the kernel told us it dropped messages for lack of buffer
-
-    def _set_rcvbuf(self, size: int) -> int:
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-        except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # capped by rmem_max
-        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     @property
     def port_id(self) -> int:
@@ -77,11 +86,7 @@ class PsampleSocket:
 
     def kernel_drops(self) -> int | None:
         """Messages the kernel dropped on this socket (Drops column of /proc/net/netlink)."""
-        try:
-            with open("/proc/net/netlink", encoding="ascii") as proc:
-                return parse_proc_netlink_drops(proc.read(), self.inode)
-        except OSError:
-            return None
+        return kernel_drops(self.inode)
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,368 @@
+"""`hwsflow bench`: replay psample messages into the agent's real receive path and measure it.
+
+A sender process unicasts kernel-layout psample messages to a netlink socket
+opened like the agent's (root may unicast to any netlink port id, so the host
+needs no psample module); this process reads them with the agent's own
+receive.drain (recv_into -> SamplePipeline.feed -> take -> CollectorSet.send)
+and a third process drains the UDP collector.  The ceiling is the same socket
+read by a bare recv_into-and-discard loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import select
+import socket
+import statistics
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from hwsflow import psample
+from hwsflow.collectors import CollectorSet, open_collectors
+from hwsflow.encoder import DatagramBuilder
+from hwsflow.groups import GroupTable
+from hwsflow.netlink import HEADERS_LEN
+from hwsflow.pipeline import SamplePipeline
+from hwsflow.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
+from hwsflow.receive import BATCH, drain
+
+FAMILY_ID = 0x1F  # any id: no kernel family is involved in a unicast replay
+GROUP_BASE = 0x68770000
+PORTS = 4  # groups/ports the replayed samples come from
+RATE = 1000
+HEADER = 128
+RCVBUF = 33554432  # the agent's default rcvbuf
+SEND_BATCH = 256  # messages between pacing checks
+# GROUP_SEQ's value follows the headers and four 8-byte attributes (IIF, RATE, ORIGSIZE, GROUP)
+SEQ_OFFSET = HEADERS_LEN + 4 * 8 + 4
+_SEQ = struct.Struct("=I")
+_DGRAM_COUNT = struct.Struct("!I")  # samples in an sFlow datagram with an IPv4 agent address
+_DGRAM_COUNT_AT = 24
+
+
+@dataclass
+class Options:
+    runs: int = 5
+    samples: int = 200_000  # per full-speed run
+    offered: int = 200_000  # samples/s of the paced run
+    duration: float = 5.0  # s of the paced run
+    keep_datagrams: bool = False  # hand the collector's datagrams back (tests)
+
+
+# ---------------------------------------------------------------- realistic messages
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_frame(index: int, length: int) -> bytes:
+    """An Ethernet/IPv4/TCP frame of length bytes (no FCS) with a valid IPv4 header."""
+    eth = bytes.fromhex("02000000aa01") + bytes.fromhex(f"02000000bb{index & 0xFF:02x}") + b"\x08\x00"
+    ip_len = length - len(eth)
+    src, dst = bytes([10, 1, index & 0xFF, 2]), bytes([10, 2, 0, 9])
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, 0x1000 + index, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    # ACK|PSH with timestamps, as a bulk transfer sends them
+    tcp = struct.pack("!HHIIBBHHH", 40000 + index, 443, 0x10000 * index, 0x20000, 8 << 4, 0x18, 502, 0, 0)
+    tcp += b"\x01\x01\x08\x0a" + struct.pack("!II", 123456 + index, 654321)
+    payload = bytes((i * 7 + index) & 0xFF for i in range(ip_len - len(ip) - len(tcp)))
+    return eth + ip + tcp + payload
+
+
+def templates(family_id: int = FAMILY_ID, ports: int = PORTS) -> list[bytearray]:
+    """One message per port, as act_sample emits it at ingress: only GROUP_SEQ changes afterwards."""
+    out = []
+    for i in range(ports):
+        size = (1514, 590, 1514, 66)[i % 4]  # full-size, mid-size and ACK-only packets
+        frame = tcp_frame(i, max(size, 66))
+        sample = psample.Sample(
+            group=GROUP_BASE + i, seq=0, raw_rate=RATE, orig_size=len(frame), iif=10 + i,
+            data=frame[:HEADER], timestamp=1_700_000_000_000_000_000, proto=0x0008,
+        )
+        msg = bytearray(psample.build_message(sample, family_id))
+        assert _SEQ.unpack_from(msg, SEQ_OFFSET - 4)[0] == (8 << 0) | (psample.ATTR_GROUP_SEQ << 16)
+        out.append(msg)
+    return out
+
+
+# ---------------------------------------------------------------- sender process
+
+
+def _sender(conn: Connection, port_id: int, ports: int) -> None:
+    """Answer ("send", count, rate, stream) with (sent, refused, seconds); rate 0 means as fast as possible."""
+    msgs = templates(FAMILY_ID, ports)
+    # GROUP_SEQ per stream: the agent's runs must see no gap where the bare loop's messages went
+    seqs = {"agent": [0] * len(msgs), "bare": [0] * len(msgs)}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC) as sock:
+        sock.bind((0, 0))
+        while True:
+            command = conn.recv()
+            if command is None:
+                return
+            _verb, count, rate, stream = command
+            conn.send(_send(sock, (port_id, 0), msgs, seqs[stream], count, rate))
+
+
+def _send(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray], seqs: list[int],
+          count: int, rate: int) -> tuple[int, int, float]:
+    # blocking sends at full speed (the receiver's pace); paced sends never wait, like the kernel,
+    # which drops a sample when the socket is full
+    flags = socket.MSG_DONTWAIT if rate else 0
+    sendto, pack_into, n = sock.sendto, _SEQ.pack_into, len(msgs)
+    sent = refused = 0
+    start = time.monotonic()
+    while sent < count:
+        for i in range(sent, min(sent + SEND_BATCH, count)):
+            g = i % n
+            seqs[g] += 1
+            msg = msgs[g]
+            pack_into(msg, SEQ_OFFSET, seqs[g] & 0xFFFFFFFF)
+            try:
+                sendto(msg, flags, address)
+            except BlockingIOError:
+                refused += 1
+        sent = min(sent + SEND_BATCH, count)
+        if rate:
+            ahead = start + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    return sent, refused, time.monotonic() - start
+
+
+# ---------------------------------------------------------------- collector process
+
+
+def _collector(conn: Connection, keep: bool) -> None:
+    """Count datagrams and samples until an empty datagram asks for the totals."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: bursts must not be lost here
+        sock.bind(("127.0.0.1", 0))
+        conn.send(sock.getsockname()[1])
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        datagrams = samples = 0
+        kept: list[bytes] = []
+        while True:
+            nbytes = sock.recv_into(buf)
+            if nbytes == 0:
+                conn.send((datagrams, samples, kept))
+                kept = []
+                if conn.recv() is None:
+                    return
+                continue
+            datagrams += 1
+            samples += _DGRAM_COUNT.unpack_from(buf, _DGRAM_COUNT_AT)[0]
+            if keep:
+                kept.append(bytes(view[:nbytes]))
+
+
+# ---------------------------------------------------------------- receiving side (this process)
+
+
+def _bare_drain(sock: socket.socket, buf: bytearray) -> int:
+    """The ceiling: read and discard, nothing else."""
+    recv_into = sock.recv_into
+    read = 0
+    for _ in range(BATCH):
+        try:
+            recv_into(buf)
+        except BlockingIOError:
+            break
+        read += 1
+    return read
+
+
+@dataclass
+class RunResult:
+    processed: int
+    sent: int
+    refused: int
+    seconds: float
+    cpu_seconds: float
+
+
+def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some: Callable[[], int]) -> RunResult:
+    """Start the sender, read until it is done and the socket is empty, as the agent's event loop would."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(sender.fileno(), select.POLLIN)
+    sender_fd = sender.fileno()
+    reply = None
+    processed = 0
+    cpu0, t0 = time.process_time(), time.monotonic()
+    sender.send(command)
+    while True:
+        for fd, _event in poller.poll(1000):
+            if fd == sender_fd:
+                reply = sender.recv()
+        read = read_some()
+        processed += read
+        # every send completed before the reply: an empty socket now means all is read
+        if reply is not None and read < BATCH:
+            break
+    seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    sent, refused, _send_seconds = reply
+    return RunResult(processed, sent, refused, seconds, cpu)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+class _Bench:
+    """The three parties and their sockets, for one measurement."""
+
+    def __init__(self, options: Options) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.sock, self.rcvbuf = open_generic_socket(RCVBUF)
+        self.inode = os.fstat(self.sock.fileno()).st_ino
+        self.buf = bytearray(1 << 17)  # the agent's RECV_BUFFER
+        self.sender, child = ctx.Pipe()
+        self.sender_proc = ctx.Process(target=_sender, args=(child, self.sock.getsockname()[0], PORTS), daemon=True)
+        self.collector, child2 = ctx.Pipe()
+        self.collector_proc = ctx.Process(target=_collector, args=(child2, options.keep_datagrams), daemon=True)
+        self.sender_proc.start()
+        self.collector_proc.start()
+        self.collector_port = self.collector.recv()
+        self.collectors, errors = open_collectors([("127.0.0.1", self.collector_port)])
+        assert not errors, errors
+        builder = DatagramBuilder("127.0.0.1", 0, 1400)
+        self.groups = GroupTable(GROUP_BASE)
+        for i in range(PORTS):
+            self.groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
+        self.pipeline = SamplePipeline(builder, self.groups, FAMILY_ID)
+        self.started = time.monotonic()
+
+    def uptime_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def agent_read(self) -> int:
+        return drain(self.sock, self.buf, self.pipeline, self.collectors, self.uptime_ms())[0]
+
+    def bare_read(self) -> int:
+        return _bare_drain(self.sock, self.buf)
+
+    def run(self, count: int, rate: int, agent: bool) -> RunResult:
+        return _receive(self.sock, self.sender, ("send", count, rate, "agent" if agent else "bare"), self.agent_read if agent else self.bare_read)
+
+    def collected(self) -> tuple[int, int, list[bytes]]:
+        """Flush the open datagram, then the collector's totals once it has read everything."""
+        self.pipeline.flush(self.uptime_ms())
+        self.collectors.send(self.pipeline.take())
+        self.collectors.send([b""])
+        return self.collector.recv()
+
+    def close(self) -> None:
+        self.sender.send(None)
+        self.collector.send(None)
+        self.sender_proc.join(5)
+        self.collector_proc.join(5)
+        self.collectors.close()
+        self.sock.close()
+
+
+def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
+    """Every figure of the benchmark, and (with keep_datagrams) the datagrams the collector got."""
+    if os.geteuid() != 0:
+        raise PermissionError("hwsflow bench needs root: it unicasts netlink messages to another process's socket")
+    bench = _Bench(options)
+    try:
+        bench.run(min(options.samples, 20_000), 0, agent=True)  # warm-up: imports, caches, first datagrams
+        full: list[RunResult] = []
+        bare: list[RunResult] = []
+        for _ in range(options.runs):  # interleaved, so both see the same machine state
+            bare.append(bench.run(options.samples, 0, agent=False))
+            full.append(bench.run(options.samples, 0, agent=True))
+        drops_before = kernel_drops(bench.inode) or 0
+        rss_start = _rss_mb()
+        paced = bench.run(int(options.offered * options.duration), options.offered, agent=True)
+        rss_end = _rss_mb()
+        kdrops = (kernel_drops(bench.inode) or 0) - drops_before
+        datagrams, collected, kept = bench.collected()
+        stats = bench.pipeline.stats
+    finally:
+        bench.close()
+    samples_per_s = statistics.median(r.processed / r.seconds for r in full)
+    ceiling_per_s = statistics.median(r.processed / r.seconds for r in bare)
+    report = {
+        "samples_per_s": round(samples_per_s),
+        "ceiling_per_s": round(ceiling_per_s),
+        "ratio": round(samples_per_s / ceiling_per_s, 3),
+        "offered_per_s": options.offered,
+        "lost": paced.sent - paced.processed,
+        "cpu_s_per_million": round(sum(r.cpu_seconds for r in full) / sum(r.processed for r in full) * 1e6, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_start_mb": round(rss_start, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "runs": options.runs,
+        "samples": options.samples,
+        "full_runs_per_s": [round(r.processed / r.seconds) for r in full],
+        "ceiling_runs_per_s": [round(r.processed / r.seconds) for r in bare],
+        "full_sent": sum(r.sent for r in full),
+        "full_processed": sum(r.processed for r in full),
+        "paced": {"duration_s": options.duration, "sent": paced.sent, "processed": paced.processed,
+                  "refused_by_kernel": paced.refused, "kernel_drops": kdrops,
+                  "achieved_per_s": round(paced.sent / paced.seconds)},
+        "pipeline": {"messages": stats.messages, "samples": stats.samples, "foreign": stats.foreign,
+                     "malformed": stats.malformed, "other": stats.other},
+        "collector": {"datagrams": datagrams, "samples": collected},
+        "rcvbuf": bench.rcvbuf,
+        "machine": machine(),
+    }
+    return report, kept
+
+
+def format_report(r: dict[str, Any]) -> str:
+    m, p = r["machine"], r["paced"]
+    return "\n".join([
+        f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}",
+        f"full path:   {r['samples_per_s']:>9,} samples/s  (median of {r['runs']} runs of {r['samples']:,}: "
+        f"{', '.join(f'{v:,}' for v in r['full_runs_per_s'])})",
+        f"ceiling:     {r['ceiling_per_s']:>9,} messages/s (bare recv_into loop, same socket)",
+        f"ratio:       {r['ratio']:.3f}",
+        f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver)",
+        f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "
+        f"{p['processed']:,}, lost {r['lost']:,} (refused {p['refused_by_kernel']:,}, "
+        f"kernel drops {p['kernel_drops']:,})",
+        f"memory:      peak RSS {r['peak_rss_mb']} MB; RSS {r['rss_start_mb']} MB -> {r['rss_end_mb']} MB "
+        f"over the paced run",
+        f"collector:   {r['collector']['datagrams']:,} datagrams, {r['collector']['samples']:,} samples",
+    ])
+
+
+def run_bench(options: Options, json_out: bool) -> int:
+    import json
+
+    try:
+        report, _kept = measure(options)
+    except PermissionError as err:
+        print(f"hwsflow bench: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if json_out else format_report(report))
+    return 0

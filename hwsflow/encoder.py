@@ -42,6 +42,8 @@ _FLOW_COMPACT = struct.Struct("!16I")
 # flow_sample_expanded: as above but source_id is (type, index) and each
 # interface is (format, value)
 _FLOW_EXPANDED = struct.Struct("!19I")
+_FLOW_COMPACT_PACK, _FLOW_COMPACT_SIZE = _FLOW_COMPACT.pack_into, _FLOW_COMPACT.size
+_FLOW_EXPANDED_PACK, _FLOW_EXPANDED_SIZE = _FLOW_EXPANDED.pack_into, _FLOW_EXPANDED.size
 # counters_sample: tag, length, seq, source_id, nrecords
 _COUNTERS_COMPACT = struct.Struct("!5I")
 # counters_sample_expanded: tag, length, seq, type, index, nrecords
@@ -98,6 +100,8 @@ class DatagramBuilder:
         extra_records: bytes = b"",
         extra_count: int = 0,
     ) -> None:
+        # the usual case (compact, a header of at most max bytes, no extra records) runs first and
+        # alone: each Python operation here costs every sample
         expanded = (
             self._expanded
             or source_index > _COMPACT_INDEX_MAX
@@ -105,28 +109,28 @@ class DatagramBuilder:
             or input_if > _COMPACT_IF_MAX
             or output_if > _COMPACT_IF_MAX
         )
-        fixed = _FLOW_EXPANDED.size if expanded else _FLOW_COMPACT.size
+        fixed = _FLOW_EXPANDED_SIZE if expanded else _FLOW_COMPACT_SIZE
         hlen = len(header)
-        pad = _PADS[hlen & 3]
-        size = fixed + hlen + len(pad) + len(extra_records)
-        if self._pos + size > self._max:
+        padded = (hlen + 3) & ~3
+        size = fixed + padded + len(extra_records)
+        pos = self._pos
+        if pos + size > self._max:
             if self.pending:
                 self._finish(uptime_ms)
+                pos = self._pos
             room = self._max - self._header_len - fixed - len(extra_records)
             if room < 0:
                 raise ValueError("extra_records alone exceed max_size")
             if size - fixed - len(extra_records) > room:
                 # A lone sample too big for max_size: keep the leading header
                 # bytes that fit (a multiple of 4, so no padding is needed).
-                hlen = room & ~3
+                hlen = padded = room & ~3
                 header = header[:hlen]
-                pad = b""
                 size = fixed + hlen + len(extra_records)
-        record_len = 16 + hlen + len(pad)  # protocol..header_length + bytes
+        record_len = 16 + padded  # protocol..header_length + bytes
         buf = self._buf
-        pos = self._pos
         if expanded:
-            _FLOW_EXPANDED.pack_into(
+            _FLOW_EXPANDED_PACK(
                 buf, pos,
                 FLOW_SAMPLE_EXPANDED, size - 8, seq & _U32_MASK, source_type, source_index,
                 rate, pool & _U32_MASK, drops & _U32_MASK,
@@ -134,7 +138,7 @@ class DatagramBuilder:
                 SAMPLED_HEADER, record_len, HEADER_PROTOCOL_ETHERNET, frame_length, stripped, hlen,
             )  # fmt: skip
         else:
-            _FLOW_COMPACT.pack_into(
+            _FLOW_COMPACT_PACK(
                 buf, pos,
                 FLOW_SAMPLE, size - 8, seq & _U32_MASK, (source_type << 24) | source_index,
                 rate, pool & _U32_MASK, drops & _U32_MASK,
@@ -143,10 +147,10 @@ class DatagramBuilder:
             )  # fmt: skip
         pos += fixed
         buf[pos : pos + hlen] = header
-        pos += hlen
-        # The buffer is reused: padding must be written, not assumed zero.
-        buf[pos : pos + len(pad)] = pad
-        pos += len(pad)
+        if padded != hlen:
+            # The buffer is reused: padding must be written, not assumed zero.
+            buf[pos + hlen : pos + padded] = _PADS[hlen & 3]
+        pos += padded
         if extra_records:
             buf[pos : pos + len(extra_records)] = extra_records
             pos += len(extra_records)

@@ -155,22 +155,25 @@ def _apply_attr(sample: Sample, attr_type: int, buf, start: int, end: int) -> No
 
 # The layout act_sample emits at ingress since 5.13 (REFERENCE section 1):
 # IIFINDEX, SAMPLE_RATE, ORIGSIZE, SAMPLE_GROUP, GROUP_SEQ, TIMESTAMP, PROTO, DATA.
-# Hot path: one precompiled unpack replaces the attribute loop for this layout.
-_FAST = struct.Struct("=IHHII BBH HHH2x HHI HHI HHI HHI HHQ HHH2x HH")
-# (index in the unpacked tuple, expected value): nla lengths and types
-_FAST_CHECKS = (
-    (8, 6), (9, ATTR_IIFINDEX),
-    (11, 8), (12, ATTR_SAMPLE_RATE),
-    (14, 8), (15, ATTR_ORIGSIZE),
-    (17, 8), (18, ATTR_SAMPLE_GROUP),
-    (20, 8), (21, ATTR_GROUP_SEQ),
-    (23, 12), (24, ATTR_TIMESTAMP),
-    (26, 6), (27, ATTR_PROTO),
-    (30, ATTR_DATA),
+# Hot path: one precompiled unpack replaces the attribute loop for this layout.  Each
+# attribute header is read as one native u32 (nla_len | nla_type << 16), so the seven
+# fixed headers are the tuple's even items 8..20 and one slice compares them all.
+FAST = struct.Struct("=IHHII BBH IH2x II II II II IQ IH2x I")
+FAST_UNPACK = FAST.unpack_from
+FAST_SIZE = FAST.size
+FAST_HEADERS = slice(8, 21, 2)
+
+
+def _nla(length: int, attr_type: int) -> int:
+    return length | attr_type << 16
+
+
+FAST_SIGNATURE = (
+    _nla(6, ATTR_IIFINDEX), _nla(8, ATTR_SAMPLE_RATE), _nla(8, ATTR_ORIGSIZE), _nla(8, ATTR_SAMPLE_GROUP),
+    _nla(8, ATTR_GROUP_SEQ), _nla(12, ATTR_TIMESTAMP), _nla(6, ATTR_PROTO),
 )
-_FAST_HEAD = _FAST.unpack_from
-_FAST_SIG = tuple(v for _, v in _FAST_CHECKS)
-_FAST_IDX = tuple(i for i, _ in _FAST_CHECKS)
+# tuple items: 0 nlmsg len, 1 nlmsg type, 5 genl cmd, 9 iif, 11 rate, 13 orig size, 15 group, 17 seq,
+# 22 DATA's header (its length varies; only its type is fixed)
 
 
 def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, family_id: int):
@@ -178,20 +181,22 @@ def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, fami
 
     None means "use decode_sample": anything unusual (egress with OIFINDEX,
     extra metadata, a cookie, probability, a tunnel, a short message) takes the
-    general parser, which also handles every malformed case.
+    general parser, which also handles every malformed case.  SamplePipeline.feed
+    inlines these same checks; tests hold both to the general parser.
     """
-    if end - offset < _FAST.size:
+    if end - offset < FAST_SIZE:
         return None
-    t = _FAST_HEAD(buf, offset)
+    t = FAST_UNPACK(buf, offset)
     msg_end = offset + t[0]
-    if t[1] != family_id or t[5] != CMD_SAMPLE or msg_end > end or tuple(t[i] for i in _FAST_IDX) != _FAST_SIG:
+    if (t[FAST_HEADERS] != FAST_SIGNATURE or t[1] != family_id or t[5] != CMD_SAMPLE
+            or t[22] >> 16 != ATTR_DATA or msg_end > end):
         return None
-    data_len = t[29] - NLA_HDR.size
-    data_start = offset + _FAST.size
+    data_len = (t[22] & 0xFFFF) - NLA_HDR.size
+    data_start = offset + FAST_SIZE
     # DATA must be the last attribute and exactly fill the message (padding aside)
     if data_len < 0 or data_start + ((data_len + 3) & ~3) != msg_end:
         return None
-    return t[19], t[22], t[13], t[16], t[10], data_start, data_len, msg_end
+    return t[15], t[17], t[11], t[13], t[9], data_start, data_len, msg_end
 
 
 # ---------------------------------------------------------------- building (tests, benchmark)

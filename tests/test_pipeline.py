@@ -134,3 +134,24 @@ def test_fast_and_general_paths_export_identical_datagrams(specs):
     fast.flush(42)
     slow.flush(42)
     assert fast.take() == slow.take()
+
+
+@settings(max_examples=300)
+@given(layouts, st.data())
+def test_feed_inlined_fast_path_matches_the_general_path_on_damaged_messages(spec, data):
+    """feed() inlines psample.fast_decode's checks: whatever bytes arrive, it must act as the general path."""
+    msg = bytearray(psample.build_message(kernel_sample(7, **spec), FAMILY))
+    for _ in range(data.draw(st.integers(0, 3))):
+        msg[data.draw(st.integers(0, len(msg) - 1))] = data.draw(st.integers(0, 255))
+    msg = bytes(msg[:data.draw(st.integers(0, len(msg)))])
+    fast = make_pipeline(header=128)
+    slow = make_pipeline(header=128)
+    fast.feed(msg, len(msg), 42)
+    pos = 0
+    while pos < len(msg):
+        slow.stats.messages += 1
+        pos = slow._feed_general(msg, pos, len(msg), 42)
+    fast.flush(42)
+    slow.flush(42)
+    assert fast.take() == slow.take()
+    assert fast.stats == slow.stats

@@ -56,6 +56,7 @@ class SamplePipeline:
         # one slice comparison, the binding's accounting and one pack_into in the builder.
         unpack, size, headers, signature = psample.FAST_UNPACK, psample.FAST_SIZE, psample.FAST_HEADERS, \
             psample.FAST_SIGNATURE
+        proto_header = psample.FAST_PROTO
         by_group = self.groups.by_group
         family_id = self.family_id
         stats = self.stats
@@ -65,18 +66,19 @@ class SamplePipeline:
             if nbytes - pos >= size:
                 t = unpack(buf, pos)
                 msg_end = pos + t[0]
-                data_len = (t[22] & 0xFFFF) - 4
+                data_len = (t[15] & 0xFFFF) - 4
                 data_start = pos + size
-                if (t[headers] == signature and t[1] == family_id and t[5] == _CMD_SAMPLE
-                        and t[22] >> 16 == _ATTR_DATA and msg_end <= nbytes and data_len >= 0
-                        and data_start + ((data_len + 3) & ~3) == msg_end):
+                if (t[headers] == signature and t[14] == proto_header and t[1] == family_id
+                        and t[2] == _CMD_SAMPLE and t[15] >> 16 == _ATTR_DATA and msg_end <= nbytes
+                        and data_len >= 0 and data_start + ((data_len + 3) & ~3) == msg_end):
                     pos = (msg_end + 3) & ~3
-                    binding = by_group.get(t[15])
+                    binding = by_group.get(t[10])
                     if binding is None:
                         stats.foreign += 1
                     else:
-                        self._export(binding, uptime_ms, t[17], t[11], t[13], t[9],
-                                     buf[data_start:data_start + min(data_len, binding.header)])
+                        keep = binding.header
+                        self._export(binding, uptime_ms, t[12], t[6], t[8], t[4],
+                                     buf[data_start:data_start + (data_len if data_len < keep else keep)])
                     continue
             pos = self._feed_general(buf, pos, nbytes, uptime_ms)
         stats.messages += messages

@@ -324,6 +324,9 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "samples": options.samples,
         "full_runs_per_s": [round(r.processed / r.seconds) for r in full],
         "ceiling_runs_per_s": [round(r.processed / r.seconds) for r in bare],
+        # below ~1, the receiver waited on the sender: the ceiling is then the sender's rate
+        "ceiling_receiver_cpu_share": round(statistics.median(r.cpu_seconds / r.seconds for r in bare), 2),
+        "full_receiver_cpu_share": round(statistics.median(r.cpu_seconds / r.seconds for r in full), 2),
         "full_sent": sum(r.sent for r in full),
         "full_processed": sum(r.processed for r in full),
         "paced": {"duration_s": options.duration, "sent": paced.sent, "processed": paced.processed,
@@ -344,7 +347,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}",
         f"full path:   {r['samples_per_s']:>9,} samples/s  (median of {r['runs']} runs of {r['samples']:,}: "
         f"{', '.join(f'{v:,}' for v in r['full_runs_per_s'])})",
-        f"ceiling:     {r['ceiling_per_s']:>9,} messages/s (bare recv_into loop, same socket)",
+        f"ceiling:     {r['ceiling_per_s']:>9,} messages/s (bare recv_into loop, same socket; receiver busy "
+        f"{r['ceiling_receiver_cpu_share']:.0%} of the time, full path {r['full_receiver_cpu_share']:.0%})",
         f"ratio:       {r['ratio']:.3f}",
         f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver)",
         f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
-import resource
 import select
 import socket
 import statistics
@@ -216,9 +215,13 @@ def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some:
     return RunResult(processed, sent, refused, seconds, cpu)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM the peak), in MB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def machine() -> dict[str, Any]:
@@ -300,9 +303,10 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
             bare.append(bench.run(options.samples, 0, agent=False))
             full.append(bench.run(options.samples, 0, agent=True))
         drops_before = kernel_drops(bench.inode) or 0
-        rss_start = _rss_mb()
+        rss_start = _status_mb("VmRSS")
         paced = bench.run(int(options.offered * options.duration), options.offered, agent=True)
-        rss_end = _rss_mb()
+        rss_end = _status_mb("VmRSS")
+        peak_rss = _status_mb("VmHWM")
         kdrops = (kernel_drops(bench.inode) or 0) - drops_before
         datagrams, collected, kept = bench.collected()
         stats = bench.pipeline.stats
@@ -317,7 +321,7 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "offered_per_s": options.offered,
         "lost": paced.sent - paced.processed,
         "cpu_s_per_million": round(sum(r.cpu_seconds for r in full) / sum(r.processed for r in full) * 1e6, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss, 1),
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
         "runs": options.runs,

@@ -2,8 +2,8 @@
 
 Pure: the agent hands in what recv_into() filled and sends what take() hands
 back.  feed() is the hot path, written for speed on purpose: the kernel's usual
-layout goes through psample.fast_decode and straight into the encoder's reused
-buffer; everything else through the general parser.
+layout is checked with psample.fast_decode's tests, inlined, and goes straight
+into the encoder's reused buffer; everything else through the general parser.
 """
 
 from __future__ import annotations

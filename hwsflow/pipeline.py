@@ -16,6 +16,7 @@ from hwsflow.datasource import GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
 
+_MAX_ORIG = 0xFFFFFFFF - 4
 FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so
 SOURCE_TYPE_IFINDEX = 0
 _CMD_SAMPLE = psample.CMD_SAMPLE
@@ -129,7 +130,8 @@ class SamplePipeline:
         self.builder.add_flow_sample(
             uptime_ms, source.flow_seq, SOURCE_TYPE_IFINDEX, source.ifindex, rate,
             source.pool, source.drops, input_if, output_if,
-            orig_size + FCS_LEN, FCS_LEN, data[: binding.header],
+            # a hostile ORIGSIZE near 2**32 must not overflow sFlow's 32-bit frame_length
+            orig_size + FCS_LEN if orig_size <= _MAX_ORIG else 0xFFFFFFFF, FCS_LEN, data[: binding.header],
         )
 
     def flush(self, uptime_ms: int) -> None:

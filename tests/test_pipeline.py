@@ -80,6 +80,12 @@ def test_both_directions_share_one_data_source_sequence():
     assert groups.get(1001).drops == 1 and groups.get(1000).drops == 0
 
 
+def test_orig_size_at_the_u32_limit_clamps_frame_length():
+    msg = psample.build_message(kernel_sample(0, orig_size=2**32 - 1), FAMILY)
+    (sample,) = flows(run(make_pipeline(), [msg]))
+    assert sample["records"][0]["frame_length"] == 2**32 - 1
+
+
 def test_other_groups_are_ignored_and_counted():
     pipeline = make_pipeline()
     run(pipeline, [psample.build_message(kernel_sample(0, group=77), FAMILY)])
@@ -117,7 +123,7 @@ def test_several_messages_in_one_read():
 layouts = st.fixed_dictionaries({
     "oif": st.sampled_from([0, 0, 9]), "timestamp": st.sampled_from([None, 1]),
     "cookie": st.sampled_from([None, b"c"]), "data": st.binary(max_size=200),
-    "orig_size": st.integers(0, 2**32 - 5),
+    "orig_size": st.integers(0, 2**32 - 1),
 })
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger("hwsflow")
 RECV_BUFFER = 1 << 17  # one psample message is at most 64 KiB
 FLUSH_INTERVAL = 1.0  # s: a partly filled datagram waits at most this long
 PSAMPLE_RETRY = 2.0  # s between attempts while the psample module is absent
+POOL_SYNC_INTERVAL = 20.0  # s between pool re-syncs from tc when counter polling is off
 
 
 class AgentError(Exception):
@@ -216,6 +217,7 @@ class Agent:
                 self.groups.release(ifindex, direction)
                 continue
             port.specs.append(spec)
+            binding.sync_tc(state.packets)  # an adopted filter may have counted already
             log.info("port %s (ifindex %d): %s 1-in-%d, header %d, group %d, priority %d, %s",
                      ifname, ifindex, direction, settings.sampling, settings.header, group,
                      settings.priority, _offload_text(state))
@@ -242,11 +244,11 @@ class Agent:
                 if datagrams:
                     self.collectors.send(datagrams)
 
-    async def _poll_counters(self) -> None:
-        """A counter sample per port every `polling` seconds, each port at its own random phase."""
-        interval = self.config.polling
+    async def _poll_ports(self) -> None:
+        """Per port, every `polling` seconds at its own random phase: re-sync the pool, send counters."""
+        interval = self.config.polling or POOL_SYNC_INTERVAL  # the pool is re-synced even without counters
         due: dict[int, float] = {}
-        while interval > 0 and not self._stop.is_set():
+        while not self._stop.is_set():
             now = time.monotonic()
             for ifindex in set(due) - set(self.groups.sources):
                 del due[ifindex]  # the port is no longer watched
@@ -255,12 +257,32 @@ class Agent:
                 when = due.setdefault(ifindex, now + random.uniform(0, interval))
                 if when <= now:
                     due[ifindex] = max(when + interval, now)
-                    await self._send_counters(ifindex, source.ifname)
+                    await self._sync_pool(ifindex)
+                    if self.config.polling:
+                        await self._send_counters(ifindex, source.ifname)
             delay = min(due.values(), default=now + interval) - time.monotonic()
             try:
                 await asyncio.wait_for(self._stop.wait(), max(delay, 0.01))
             except asyncio.TimeoutError:
                 pass
+
+    async def _sync_pool(self, ifindex: int) -> None:
+        """sample_pool from the packet counters of the port's sample actions: the kernel's count, not a guess."""
+        port = self.ports.get(ifindex)
+        if port is None:
+            return
+        for spec in port.specs:
+            try:
+                state = await self.rtnl.call(tc.read_filter, spec)
+            except (NetlinkError, OSError) as err:
+                log.debug("port %s: cannot read the %s filter: %s", port.ifname, spec.direction, err)
+                continue
+            binding = self.groups.get(spec.group)
+            if state is not None and binding is not None:
+                binding.sync_tc(state.packets)
+        source = self.groups.sources.get(ifindex)
+        if source is not None:
+            source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source))
 
     async def _send_counters(self, ifindex: int, ifname: str) -> None:
         try:
@@ -288,7 +310,7 @@ class Agent:
         try:
             await self.start()
             notify("READY=1")
-            poller = asyncio.create_task(self._poll_counters())
+            poller = asyncio.create_task(self._poll_ports())
             await self._flush_periodically()
             await poller
         finally:

@@ -28,6 +28,11 @@ class DataSource:
     samples: int = 0  # samples received
     counter_seq: int = 0  # sequence number of the last counter sample sent
 
+    def resync_pool(self, kernel_packets: int) -> None:
+        """Catch the pool up with the packets the kernel's sample actions saw; it never goes back."""
+        if kernel_packets > self.pool:
+            self.pool = kernel_packets
+
 
 @dataclass(slots=True)
 class GroupBinding:
@@ -41,6 +46,13 @@ class GroupBinding:
     last_group_seq: int | None = None
     samples: int = 0
     drops: int = 0
+    tc_packets: int = 0  # the sample action's packet counter at the last reading
+    tc_total: int = 0  # packets seen by this direction's actions, across filter reinstalls
+
+    def sync_tc(self, packets: int) -> None:
+        """Record a reading of the action's packet counter; a smaller one means the filter was reinstalled."""
+        self.tc_total += packets - self.tc_packets if packets >= self.tc_packets else packets
+        self.tc_packets = packets
 
     def account(self, group_seq: int, rate: int) -> None:
         """Advance the source's seq, pool and drops for one received sample of this group."""

@@ -104,3 +104,26 @@ def test_proc_netlink_drops_column():
     )
     assert parse_proc_netlink_drops(text, 123456) == 17
     assert parse_proc_netlink_drops(text, 5) is None
+
+
+def test_pool_catches_up_with_the_kernel_counter_and_never_goes_back():
+    s = source(rate=10)
+    s.account(0, 10)
+    s.account(1, 10)
+    assert s.source.pool == 20
+    s.sync_tc(57)
+    s.source.resync_pool(s.tc_total)
+    assert s.source.pool == 57  # the kernel's own count replaces the estimate
+    s.account(2, 10)
+    assert s.source.pool == 67  # between syncs: the rate per sample
+    s.sync_tc(60)
+    s.source.resync_pool(s.tc_total)
+    assert s.source.pool == 67  # an estimate ahead of the kernel is kept: the pool never decreases
+
+
+def test_tc_counter_restart_after_reinstall_keeps_counting():
+    s = source()
+    s.sync_tc(100)
+    s.sync_tc(30)  # the filter was deleted (say by Open vSwitch) and reinstalled
+    s.sync_tc(50)
+    assert s.tc_total == 150

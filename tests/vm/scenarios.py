@@ -33,7 +33,8 @@ NS = "hvtx"
 PORTS = {"hsp0": "hsp0x", "hsp1": "hsp1x", "hsp2": "hsp2x"}
 COLLECTOR_V4 = ("127.0.0.1", 16343)
 COLLECTOR_V6 = ("::1", 16344)
-TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT, TAG_BARRIER = 0, 1, 2, 9
+TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT, TAG_HSP1_LATE, TAG_BARRIER = 0, 1, 2, 3, 9
+LATE_FRAMES = 40  # into hsp1 after its pool was re-synced from tc
 POLLING = 2  # s, counter polling interval of the pipeline scenario
 COUNTS = {TAG_HSP0: 200, TAG_HSP1_IN: 400, TAG_HSP1_OUT: 400}
 READY_DEADLINE = 240.0
@@ -183,6 +184,14 @@ def agent_config(ports: str, sampling: int = 1, polling: int = 0) -> str:
     )
 
 
+def wait_counters_after(collector: Collector, out: dict, key: str) -> None:
+    """Wait for a counter sample of hsp0 and hsp1 in datagrams that arrive from now on."""
+    start = collector.count("v4")
+    out[key] = wait_for(
+        lambda: all(collector.has_after("v4", start, b"\0\0\0\x04" + p.encode()) for p in ("hsp0", "hsp1")),
+        TRAFFIC_DEADLINE, "counter samples after the traffic")
+
+
 def send_from_namespace(peer: str, tag: int, count: int, first: int = 0) -> None:
     sh("ip", "netns", "exec", NS, sys.executable, "-m", "tests.vm.frames", peer, str(tag), str(count), str(first))
 
@@ -215,11 +224,15 @@ def scenario_pipeline(rwdir: Path, out: dict) -> None:
         TRAFFIC_DEADLINE, "every hsp0 sample at both collectors")
     send_from_namespace("hsp0x", TAG_BARRIER, 1)
     wait_for(lambda: all(collector.seen(k, TAG_BARRIER) for k in ("v4", "v6")), TRAFFIC_DEADLINE, "the barrier")
-    # a counter sample of each port taken after all traffic, so it must equal the link's final stats
-    after_barrier = collector.count("v4")
-    out["counters_wait_s"] = wait_for(
-        lambda: all(collector.has_after("v4", after_barrier, b"\0\0\0\x04" + p.encode()) for p in ("hsp0", "hsp1")),
-        TRAFFIC_DEADLINE, "counter samples after the traffic")
+    # a counter sample of each port after the traffic: its port's pool was re-synced from tc just before
+    wait_counters_after(collector, out, "counters_wait_s")
+    # hsp1's late samples then build on the re-synced pool
+    send_from_namespace("hsp1x", TAG_HSP1_LATE, LATE_FRAMES)
+    send_from_namespace("hsp0x", TAG_BARRIER, 1, first=1)
+    wait_for(lambda: all(1 in collector.seen(k, TAG_BARRIER) for k in ("v4", "v6")), TRAFFIC_DEADLINE,
+             "the second barrier")
+    # counter samples taken after all traffic must equal the links' final stats
+    wait_counters_after(collector, out, "final_counters_wait_s")
     out["link_stats"] = {p: json.loads(sh("ip", "-s", "-j", "link", "show", p))[0]["stats64"] for p in ("hsp0", "hsp1")}
     out["tc_before_stop"] = {
         "hsp0_ingress": tc_json("filter", "show", "dev", "hsp0", "ingress"),

@@ -15,7 +15,7 @@ import pytest
 
 from hwsflow import sflow_ref
 from tests.vm import frames, harness
-from tests.vm.scenarios import COUNTS, POLLING, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_OUT
+from tests.vm.scenarios import COUNTS, POLLING, TAG_BARRIER, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_LATE, TAG_HSP1_OUT
 
 import sflow_check
 
@@ -152,6 +152,23 @@ def test_no_drops_and_pool_counts_every_packet(samples_by_tag):
     assert [s["sample_pool"] for s in hsp0] == list(range(1, len(hsp0) + 1))
 
 
+def test_last_pool_equals_the_sample_actions_counter(vm, samples_by_tag):
+    """Rate 1 on hsp0: every packet is sampled, so the pool must match tc's count exactly."""
+    (ours,) = _ours(vm["tc_before_stop"]["hsp0_ingress"])
+    last = max(samples_by_tag[TAG_HSP0] + samples_by_tag[TAG_BARRIER], key=lambda s: s["sequence_number"])
+    assert last["sample_pool"] == _sample_action(ours)["stats"]["packets"]
+
+
+def test_pool_is_resynced_from_the_kernel_counter(samples_by_tag):
+    """hsp1 samples 1-in-4: once the traffic is over, its pool is the tc actions' count, not the estimate."""
+    early = samples_by_tag[TAG_HSP1_IN] + samples_by_tag[TAG_HSP1_OUT]
+    estimate = max(s["sample_pool"] for s in early)
+    first_late = min(samples_by_tag[TAG_HSP1_LATE], key=lambda s: s["sequence_number"])
+    counted = COUNTS[TAG_HSP1_IN] + COUNTS[TAG_HSP1_OUT]  # what hsp1's two sample actions saw
+    assert first_late["sequence_number"] == max(s["sequence_number"] for s in early) + 1
+    assert first_late["sample_pool"] == max(estimate, counted) + 4
+
+
 def test_both_collectors_receive_the_same_datagrams(datagrams):
     assert datagrams["v4"] and datagrams["v4"] == datagrams["v6"]
 
@@ -159,7 +176,7 @@ def test_both_collectors_receive_the_same_datagrams(datagrams):
 def test_later_priority_filter_sees_every_packet(vm):
     (foreign,) = [f for f in vm["tc_before_stop"]["hsp0_ingress"] if f["pref"] == 5 and "options" in f]
     (ours,) = _ours(vm["tc_before_stop"]["hsp0_ingress"])
-    sent = COUNTS[TAG_HSP0] + 1  # and the barrier frame
+    sent = COUNTS[TAG_HSP0] + 2  # and the two barrier frames
     assert foreign["options"]["actions"][0]["stats"]["packets"] == sent
     assert _sample_action(ours)["stats"]["packets"] == sent
 

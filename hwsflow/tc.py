@@ -15,7 +15,7 @@ import errno
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -318,17 +318,6 @@ def uninstall(ipr: IPRoute, spec: FilterSpec) -> bool:
             _delete(ipr, state)
             return True
     return False
-
-
-def remove(ipr: IPRoute, ifindex: int, directions: Iterable[Direction] = ("ingress", "egress")) -> int:
-    """Delete every hwsflow filter (recognised by its cookie) on the port; returns how many."""
-    removed = 0
-    for direction in directions:
-        for state in dump_filters(ipr, ifindex, direction):
-            if state.ours:
-                _delete(ipr, state)
-                removed += 1
-    return removed
 
 
 def remove_qdisc_if_unused(ipr: IPRoute, ifindex: int) -> bool:

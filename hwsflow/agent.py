@@ -238,11 +238,17 @@ class Agent:
                 await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
             except asyncio.TimeoutError:
                 pass
-            if self.pipeline is not None:
-                self.pipeline.flush(self.uptime_ms())
-                datagrams = self.pipeline.take()
-                if datagrams:
-                    self.collectors.send(datagrams)
+            self._send_finished(flush=True)
+
+    def _send_finished(self, flush: bool = False) -> None:
+        """Send the datagrams the builder has finished; with flush, close the open one first."""
+        if self.pipeline is None:
+            return
+        if flush:
+            self.pipeline.flush(self.uptime_ms())
+        datagrams = self.pipeline.take()
+        if datagrams:
+            self.collectors.send(datagrams)
 
     async def _poll_ports(self) -> None:
         """Per port, every `polling` seconds at its own random phase: re-sync the pool, send counters."""
@@ -296,9 +302,7 @@ class Agent:
         source.counter_seq += 1
         records, count = counter_records(link)
         self.pipeline.builder.add_counter_sample(self.uptime_ms(), source.counter_seq, 0, ifindex, records, count)
-        datagrams = self.pipeline.take()
-        if datagrams:
-            self.collectors.send(datagrams)
+        self._send_finished()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -322,9 +326,7 @@ class Agent:
         if self.psample is not None:
             asyncio.get_running_loop().remove_reader(self.psample.fileno())
             self._on_readable()  # samples already queued in the socket still count
-            if self.pipeline is not None:
-                self.pipeline.flush(self.uptime_ms())
-                self.collectors.send(self.pipeline.take())
+            self._send_finished(flush=True)
             self.psample.close()
         if not self.config.keep_filters:
             for port in list(self.ports.values()):

@@ -1,0 +1,32 @@
+"""One VM boot serves every test in tests/vm: the guest runs all scenario modules (scenarios.py),
+and these session fixtures hand its results to the test files that judge them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.vm import harness
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_TIMEOUT = 1500.0  # s; a healthy run takes a few minutes under software emulation
+
+
+@pytest.fixture(scope="session")
+def vm(tmp_path_factory) -> dict:
+    rwdir = tmp_path_factory.mktemp("vm")
+    run = harness.run_guest([sys.executable, str(REPO / "tests/vm/scenarios.py"), str(rwdir)], rwdir, GUEST_TIMEOUT)
+    results_file = rwdir / "results.json"
+    assert results_file.exists(), f"the guest wrote no results (exit {run.exit_status}); console tail:\n{run.console[-4000:]}"
+    results = json.loads(results_file.read_text())
+    results["_exit_status"] = run.exit_status
+    results["_boot_s"] = run.elapsed
+    return results
+
+
+@pytest.fixture(scope="session")
+def datagrams(vm) -> dict[str, list[bytes]]:
+    return {k: [bytes.fromhex(d) for d in v] for k, v in vm["datagrams"].items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.vm.scenarios import AgentProcess, sh  # noqa: E402
+from tests.vm.guest import AgentProcess, sh  # noqa: E402
 
 NS = "hvdemo"
 COLLECTOR_PORT = 16343

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Literal, Mapping, get_args
+from typing import Callable, Literal, Mapping, get_args
 
 import yaml
 
@@ -27,6 +27,8 @@ U32_MAX = 2**32 - 1
 GROUP_ROOM = 1 << 16  # psample group ids group_base must leave above it (one per port and direction)
 SAMPLE_ROOM = 200  # datagram header + flow sample + record headers, beyond the sampled header bytes
 IFNAMSIZ = 16  # the kernel's limit, NUL included
+MAX_SWITCH_ID = 32  # bytes: the kernel's MAX_PHYS_ITEM_ID_LEN
+SUN_PATH = 108  # bytes of sockaddr_un.sun_path, NUL included
 
 
 class ConfigError(Exception):
@@ -61,12 +63,50 @@ class PortSettings:
 
 
 @dataclass(frozen=True)
-class PortRule:
-    """Selects ports by exact name or by glob (exactly one of the two)."""
+class LinkInfo:
+    """What port selection looks at, read from rtnetlink by the agent."""
 
-    name: str | None
-    match: str | None
+    ifname: str
+    # IFLA_PHYS_SWITCH_ID as /sys/class/net/X/phys_switch_id shows it: lowercase hex, no separators
+    # (switch_id_text turns the attribute's bytes into it); None when the port is not a switchdev port
+    switch_id: str | None = None
+    port_name: str | None = None  # IFLA_PHYS_PORT_NAME: "p0" (uplink), "pf0vf3" (VF representor), "pf0"; None if absent
+
+
+def switch_id_text(raw: bytes) -> str:
+    """IFLA_PHYS_SWITCH_ID's bytes in the form LinkInfo.switch_id and PortRule.switch_id use."""
+    return raw.hex()
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """Selects ports by the selectors it gives (at least one), all of which must match.
+
+    name and match exclude each other.  With group set the rule is receive-only: hwsflow installs
+    no filter, it attributes the samples others' rules send to that psample group to the port name.
+    """
+
+    name: str | None  # exact interface name
+    match: str | None  # glob over interface names
+    switch_id: str | None  # exact phys_switch_id, normalised like LinkInfo.switch_id
+    port_name: str | None  # glob over phys_port_name: "pf0vf*" is every VF representor of PF 0
+    group: int | None  # receive-only: the fixed psample group of samples that rules installed by others produce
     settings: PortSettings
+
+    @property
+    def receive_only(self) -> bool:
+        return self.group is not None
+
+    def selects(self, link: LinkInfo) -> bool:
+        # globs are case-sensitive like interface names, whatever the platform's path rules
+        if self.name is not None and link.ifname != self.name:
+            return False
+        if self.match is not None and not fnmatch.fnmatchcase(link.ifname, self.match):
+            return False
+        if self.switch_id is not None and link.switch_id != self.switch_id:
+            return False
+        return self.port_name is None or (link.port_name is not None
+                                          and fnmatch.fnmatchcase(link.port_name, self.port_name))
 
 
 @dataclass(frozen=True)
@@ -82,18 +122,32 @@ class Config:
     expanded: bool
     rcvbuf: int
     keep_filters: bool
+    control_socket: str
     ports: tuple[PortRule, ...]
 
+    def rule_for(self, link: LinkInfo) -> PortRule | None:
+        """A selecting rule that names the port wins wherever it is; otherwise the first selecting rule."""
+        named = (rule for rule in self.ports if rule.name == link.ifname and rule.selects(link))
+        return next(named, None) or next((rule for rule in self.ports if rule.selects(link)), None)
+
     def settings_for(self, ifname: str) -> PortSettings | None:
-        """An exact name wins over any glob, wherever it appears; among globs the first match wins."""
-        for rule in self.ports:
-            if rule.name == ifname:
-                return rule.settings
-        for rule in self.ports:
-            # case-sensitive like interface names, whatever the platform's path rules
-            if rule.match is not None and fnmatch.fnmatchcase(ifname, rule.match):
-                return rule.settings
-        return None
+        """The settings of the rule for a port known only by name (switchdev selectors never match it)."""
+        rule = self.rule_for(LinkInfo(ifname))
+        return rule.settings if rule is not None else None
+
+    def named_ports(self) -> tuple[str, ...]:
+        """The interface names rules give, each once, in file order: the ports expected to exist."""
+        return tuple(dict.fromkeys(rule.name for rule in self.ports if rule.name is not None))
+
+
+# Top-level keys whose change a reload cannot apply port by port: the agent rebuilds what depends on them.
+GLOBAL_KEYS = ("agent", "sub_agent_id", "targets", "group_base", "datagram_size", "expanded", "rcvbuf",
+               "control_socket", "polling", "keep_filters")
+
+
+def global_changes(old: Config, new: Config) -> list[str]:
+    """The GLOBAL_KEYS whose values differ between old and new, in GLOBAL_KEYS order."""
+    return [key for key in GLOBAL_KEYS if getattr(old, key) != getattr(new, key)]
 
 
 DEFAULT_SETTINGS = PortSettings(sampling=400, header=128, direction="ingress", offload="auto", priority=1, chain=0)
@@ -117,6 +171,7 @@ _INT_RANGES: Mapping[str, _IntRange] = MappingProxyType({
                             f"it must leave room for {GROUP_ROOM} psample groups, one per port and direction"),
     "datagram_size": _IntRange(256, 65000, "bytes of one sFlow datagram"),
     "rcvbuf": _IntRange(65536, 2**31 - 1, "bytes; SO_RCVBUFFORCE takes a signed 32-bit int"),
+    "group": _IntRange(1, U32_MAX, "a psample group id"),
 })
 _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "direction": get_args(Direction),
@@ -124,12 +179,16 @@ _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "agent": None, "sub_agent_id": 0, "polling": 20, "group_base": 1000, "datagram_size": 1400,
-    "expanded": False, "rcvbuf": 33554432, "keep_filters": False,
+    "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": "/run/hwsflow/control.sock",
 })
 _PORT_SETTING_KEYS = tuple(PortSettings.__dataclass_fields__)
-_PORT_KEYS = ("name", "match", *_PORT_SETTING_KEYS)
+_SELECTOR_KEYS = ("name", "match", "switch_id", "port_name")
+_PORT_KEYS = (*_SELECTOR_KEYS, "group", *_PORT_SETTING_KEYS)
 _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling", "group_base",
-             "datagram_size", "expanded", "rcvbuf", "keep_filters", "ports")
+             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "ports")
+# what a receive-only rule cannot use: they shape the filter hwsflow does not install for it
+_FILTER_ONLY_KEYS = ("offload", "priority", "chain")
+_ONE_WAY: tuple[Direction, ...] = ("ingress", "egress")
 
 
 class _Invalid(Exception):
@@ -400,36 +459,137 @@ def _port_settings(mapping: dict, prefix: str, base: PortSettings) -> PortSettin
     return replace(base, **given)
 
 
+def _ifname(key: str, value: object) -> str:
+    name = _text(key, value, "an interface name")
+    if not _is_ifname(name):
+        raise _Invalid(key, f"{name!r} is not an interface name (1 to 15 characters, no '/', ':' or whitespace)")
+    return name
+
+
+def _glob(key: str, value: object, example: str, what: str) -> str:
+    text = _text(key, value, f'a glob such as "{example}"')
+    if not text or not text.isprintable() or any(c == "/" or c.isspace() for c in text):
+        raise _Invalid(key, f"{text!r} can match no {what}")
+    return text
+
+
+_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})+", re.ASCII)
+
+
+def _switch_id(key: str, value: object) -> str:
+    """Lowercase hex without separators, as sysfs shows it; ':' between bytes is accepted (as ip -d link shows)."""
+    if not isinstance(value, str):
+        # YAML reads 0015401234 as an octal number and 12:34:56 as a base-60 one
+        why = " (YAML reads unquoted digits as a number: quote the id)" if isinstance(value, int) else ""
+        raise _Invalid(key, "must be a quoted string of hex digits, as /sys/class/net/PORT/phys_switch_id shows, "
+                            f"got {_describe(value)}{why}")
+    parts = value.lower().split(":")
+    digits = "".join(parts)
+    if (len(parts) > 1 and any(len(part) != 2 for part in parts)) or not _HEX_BYTES.fullmatch(digits):
+        raise _Invalid(key, f"{value!r} is not a switch id: pairs of hex digits as /sys/class/net/PORT/"
+                            "phys_switch_id shows them, such as '00154d1234' (or '00:15:4d:12:34')")
+    if len(digits) // 2 > MAX_SWITCH_ID:
+        raise _Invalid(key, f"{value!r} is {len(digits) // 2} bytes long; a switch id has at most {MAX_SWITCH_ID}")
+    return digits
+
+
+def _receive_only(key: str, rule: dict) -> int:
+    """The group of a receive-only rule, once its other keys are known to fit one."""
+    group = _int(f"{key}.group", rule["group"], _INT_RANGES["group"])
+    if "name" not in rule:
+        raise _Invalid(f"{key}.group", "a receive-only group needs `name`: its samples are attributed to that one "
+                                       "port")
+    for selector in _SELECTOR_KEYS:
+        if selector != "name" and selector in rule:
+            raise _Invalid(f"{key}.{selector}", "cannot be combined with `group`: a receive-only group belongs to "
+                                                "the one port `name` gives")
+    for setting in _FILTER_ONLY_KEYS:
+        if setting in rule:
+            raise _Invalid(f"{key}.{setting}", "has no effect for a receive-only group: hwsflow installs no filter "
+                                               "for it")
+    if rule.get("direction") == "both":
+        raise _Invalid(f"{key}.direction", "must be ingress or egress for a receive-only group (one group's "
+                                           "samples come from one direction), got the string 'both'")
+    return group
+
+
 def _port_rule(key: str, value: object, defaults: PortSettings) -> PortRule:
     if not isinstance(value, dict):
-        raise _Invalid(key, f"must be a mapping with `name` or `match`, got {_describe(value)}")
+        raise _Invalid(key, f"must be a mapping with `name`, `match`, `switch_id` or `port_name`, "
+                            f"got {_describe(value)}")
     _reject_unknown(value, key, _PORT_KEYS, (_TOP_KEYS, "at the top level, for all ports"))
-    if ("name" in value) == ("match" in value):
-        raise _Invalid(key, "needs exactly one of `name` (an interface) or `match` (a glob)")
-    name = match = None
-    if "name" in value:
-        name = _text(f"{key}.name", value["name"], "an interface name")
-        if not _is_ifname(name):
-            raise _Invalid(f"{key}.name", f"{name!r} is not an interface name (1 to 15 characters, "
-                                          "no '/', ':' or whitespace)")
-    else:
-        match = _text(f"{key}.match", value["match"], 'a glob such as "enp4s0f0_*"')
-        if not match or not match.isprintable() or any(c == "/" or c.isspace() for c in match):
-            raise _Invalid(f"{key}.match", f"{match!r} can match no interface name")
-    return PortRule(name, match, _port_settings(value, key, defaults))
+    if not any(selector in value for selector in _SELECTOR_KEYS):
+        raise _Invalid(key, "needs at least one of `name` (an interface), `match` (a glob over interface names), "
+                            "`switch_id` or `port_name` to select ports")
+    if "name" in value and "match" in value:
+        raise _Invalid(key, "`name` and `match` exclude each other: give one of them")
+
+    def given(selector: str, check: Callable[[str, object], str]) -> str | None:
+        return check(f"{key}.{selector}", value[selector]) if selector in value else None
+
+    name = given("name", _ifname)
+    match = given("match", lambda k, v: _glob(k, v, "enp4s0f0_*", "interface name"))
+    switch_id = given("switch_id", _switch_id)
+    port_name = given("port_name", lambda k, v: _glob(k, v, "pf0vf*", "port name"))
+    group = _receive_only(key, value) if "group" in value else None
+    # the top-level direction describes hwsflow's own filters; samples from others' rules are
+    # ingress samples unless the rule says otherwise
+    base = replace(defaults, direction="ingress") if group is not None else defaults
+    return PortRule(name, match, switch_id, port_name, group, _port_settings(value, key, base))
 
 
 def _ports(value: object, defaults: PortSettings) -> tuple[PortRule, ...]:
     rules: list[PortRule] = []
-    first: dict[tuple[str, str | None], int] = {}
+    first: dict[tuple[tuple[str, object], ...], int] = {}
     for index, item in enumerate(_non_empty_list("ports", value, "port rules")):
         rule = _port_rule(f"ports[{index}]", item, defaults)
-        kind, text = ("name", rule.name) if rule.name is not None else ("match", rule.match)
-        if (kind, text) in first:  # the second rule could never apply
-            raise _Invalid(f"ports[{index}].{kind}", f"{text!r} is already given in ports[{first[kind, text]}]")
-        first[kind, text] = index
+        selectors = tuple((s, getattr(rule, s)) for s in _SELECTOR_KEYS if getattr(rule, s) is not None)
+        if selectors in first:  # the second rule could never apply
+            raise _repeated_selectors(f"ports[{index}]", selectors, first[selectors])
+        first[selectors] = index
         rules.append(rule)
     return tuple(rules)
+
+
+def _repeated_selectors(key: str, selectors: tuple[tuple[str, object], ...], earlier: int) -> _Invalid:
+    if len(selectors) == 1:
+        (selector, text), = selectors
+        return _Invalid(f"{key}.{selector}", f"{text!r} is already given in ports[{earlier}]")
+    given = " and ".join(f"{selector} {text!r}" for selector, text in selectors)
+    return _Invalid(key, f"{given} are already given together in ports[{earlier}]")
+
+
+def _check_groups(config: Config) -> None:
+    """Receive-only groups stay clear of hwsflow's own groups and of each other: a group maps to one port."""
+    own = range(config.group_base, config.group_base + GROUP_ROOM)
+    owners: dict[int, int] = {}
+    for index, rule in enumerate(config.ports):
+        if rule.group is None:
+            continue
+        key = f"ports[{index}].group"
+        if rule.group in own:
+            raise _Invalid(key, f"{rule.group} is among hwsflow's own psample groups ({own.start} to {own[-1]}, "
+                                f"from group_base): choose a group outside them, or move group_base")
+        if rule.group in owners:
+            raise _Invalid(key, f"{rule.group} is already the group of ports[{owners[rule.group]}]; "
+                                "one group's samples can be attributed to one port only")
+        owners[rule.group] = index
+
+
+def _control_socket(value: object) -> str:
+    key = "control_socket"
+    path = _text(key, value, "an absolute path")
+    if not path.isprintable():
+        raise _Invalid(key, f"{path!r} contains a control character (NUL, newline, ...)")
+    if not path.startswith("/"):
+        raise _Invalid(key, f"{path!r} is not an absolute path (it must start with '/')")
+    if path.endswith("/"):
+        raise _Invalid(key, f"{path!r} names a directory; give the socket's own path, such as "
+                            "/run/hwsflow/control.sock")
+    size = len(path.encode(errors="surrogatepass"))
+    if size >= SUN_PATH:
+        raise _Invalid(key, f"is {size} bytes long; a Unix socket path holds at most {SUN_PATH - 1}")
+    return path
 
 
 def _check_datagram_size(config: Config) -> None:
@@ -469,9 +629,11 @@ def _config(document: object, path: str) -> Config:
         expanded=_bool("expanded", top["expanded"]),
         rcvbuf=number("rcvbuf"),
         keep_filters=_bool("keep_filters", top["keep_filters"]),
+        control_socket=_control_socket(top["control_socket"]),
         ports=_ports(document["ports"], defaults),
     )
     _check_datagram_size(config)
+    _check_groups(config)
     return config
 
 

@@ -24,6 +24,15 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "hwsflow.yaml"
 MINIMAL = "targets: [192.0.2.10]\nports:\n  - name: enp4s0f0_1\n"
 
 
+def named(name: str, settings: PortSettings = DEFAULT_SETTINGS, **selectors) -> PortRule:
+    return PortRule(**{"name": name, "match": None, "switch_id": None, "port_name": None, "group": None,
+                       **selectors, "settings": settings})
+
+
+def globbed(match: str, settings: PortSettings = DEFAULT_SETTINGS) -> PortRule:
+    return PortRule(None, match, None, None, None, settings)
+
+
 def config_error(text: str, path: str = "site.yaml") -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse_config(text, path)
@@ -61,8 +70,8 @@ def test_example_loads_with_expected_values():
     assert (config.group_base, config.datagram_size, config.rcvbuf) == (1000, 1400, 33554432)
     assert (config.expanded, config.keep_filters) == (False, False)
     assert config.ports == (
-        PortRule("enp4s0f0_1", None, PortSettings(400, 128, "both", "auto", 1, 0)),
-        PortRule(None, "enp4s0f0_*", PortSettings(1000, 128, "ingress", "auto", 1, 0)),
+        named("enp4s0f0_1", PortSettings(400, 128, "both", "auto", 1, 0)),
+        globbed("enp4s0f0_*", PortSettings(1000, 128, "ingress", "auto", 1, 0)),
     )
 
 
@@ -80,7 +89,7 @@ def test_example_shows_every_key_at_its_default():
     example = load_config(str(EXAMPLE))
     minimal = parse_config(MINIMAL)
     for field in ("sub_agent_id", "polling", "defaults", "group_base", "datagram_size", "expanded", "rcvbuf",
-                  "keep_filters"):
+                  "keep_filters", "control_socket"):
         assert getattr(example, field) == getattr(minimal, field), field
 
 
@@ -88,7 +97,7 @@ def test_example_sets_every_known_key():
     document = yaml.safe_load(EXAMPLE.read_text())
     assert set(document) == {
         "agent", "sub_agent_id", "targets", "sampling", "header", "direction", "offload", "priority", "chain",
-        "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "ports",
+        "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "ports",
     }
 
 
@@ -105,7 +114,7 @@ def test_minimal_config_takes_the_defaults():
     assert config.defaults == DEFAULT_SETTINGS == PortSettings(400, 128, "ingress", "auto", 1, 0)
     assert (config.group_base, config.datagram_size, config.rcvbuf) == (1000, 1400, 33554432)
     assert (config.expanded, config.keep_filters) == (False, False)
-    assert config.ports == (PortRule("enp4s0f0_1", None, DEFAULT_SETTINGS),)
+    assert config.ports == (named("enp4s0f0_1"),)
 
 
 def test_port_rule_overrides_only_its_own_keys():
@@ -318,7 +327,7 @@ def test_anchors_and_aliases_share_values():
 
 def test_yaml_merge_keys_work():
     text = "targets: [192.0.2.1]\nports:\n  - &p {match: 'a*', sampling: 10, header: 64}\n  - {<<: *p, match: 'b*'}"
-    assert parse_config(text).ports[1] == PortRule(None, "b*", PortSettings(10, 64, "ingress", "auto", 1, 0))
+    assert parse_config(text).ports[1] == globbed("b*", PortSettings(10, 64, "ingress", "auto", 1, 0))
 
 
 # ------------------------------------------------------------------ keys: unknown, missing, duplicate
@@ -336,7 +345,7 @@ def test_yaml_merge_keys_work():
     (with_port("name: eth1, directon: both"), "ports[1].directon", "did you mean 'direction'?"),
     (with_port("nam: eth1"), "ports[1].nam", "did you mean 'name'?"),
     (with_port("name: eth1, sampler: 5"), "ports[1].sampler", "did you mean 'sampling'?"),
-    (with_port("name: eth1, colour: red"), "ports[1].colour", "known keys: name, match, sampling, "),
+    (with_port("name: eth1, colour: red"), "ports[1].colour", "known keys: name, match, switch_id, port_name, group, sampling, "),
 ])
 def test_unknown_key_is_named_with_a_suggestion(text, key, hint):
     err = config_error(text)
@@ -495,11 +504,12 @@ def test_ports_must_be_a_non_empty_list(value, reason):
 
 
 @pytest.mark.parametrize("item,key,reason", [
-    ("eth1", "ports[1]", "must be a mapping with `name` or `match`, got the string 'eth1'"),
+    ("eth1", "ports[1]", "must be a mapping with `name`, `match`, `switch_id` or `port_name`, got the string 'eth1'"),
     ("[eth1]", "ports[1]", "got a list"),
-    ("{sampling: 10}", "ports[1]", "exactly one of `name` (an interface) or `match` (a glob)"),
-    ("{name: eth1, match: 'eth*'}", "ports[1]", "exactly one of"),
-    ("{}", "ports[1]", "exactly one of"),
+    ("{sampling: 10}", "ports[1]", "needs at least one of `name` (an interface), `match` (a glob over interface "
+                                   "names), `switch_id` or `port_name` to select ports"),
+    ("{name: eth1, match: 'eth*'}", "ports[1]", "`name` and `match` exclude each other: give one of them"),
+    ("{}", "ports[1]", "needs at least one of"),
     ("{name: 1234}", "ports[1].name", "must be an interface name, got the integer 1234"),
     ("{name: off}", "ports[1].name", "the boolean false"),
     ("{name: }", "ports[1].name", "nothing"),
@@ -642,7 +652,7 @@ def test_config_is_frozen():
     config = parse_config(MINIMAL)
     with pytest.raises(AttributeError):
         config.polling = 5  # type: ignore[misc]
-    assert hash(config.ports[0]) == hash(PortRule("enp4s0f0_1", None, DEFAULT_SETTINGS))
+    assert hash(config.ports[0]) == hash(named("enp4s0f0_1"))
 
 
 # ------------------------------------------------------------------ fuzzing: only ConfigError ever escapes

@@ -1,7 +1,9 @@
 """The config file: the example, every class of error (file, key path, reason), rule precedence, fuzzing."""
 
 import pickle
+import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,17 @@ from hypothesis import strategies as st
 
 from hwsflow.config import (
     DEFAULT_SETTINGS,
+    GLOBAL_KEYS,
     Config,
     ConfigError,
+    LinkInfo,
     PortRule,
     PortSettings,
     Target,
+    global_changes,
     load_config,
     parse_config,
+    switch_id_text,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "hwsflow.yaml"
@@ -40,6 +46,13 @@ def config_error(text: str, path: str = "site.yaml") -> ConfigError:
     assert str(err) == f"{path}: {err.key}: {err.reason}"
     assert err.path == path
     return err
+
+
+def assert_second_rule_fails(item: str, key: str, reason: str) -> None:
+    """MINIMAL plus the rule item (ports[1]) fails on key, with reason in its message."""
+    err = config_error(MINIMAL + f"  - {item}\n")
+    assert err.key == key
+    assert reason in err.reason, err.reason
 
 
 def with_top(extra: str) -> str:
@@ -345,6 +358,10 @@ def test_yaml_merge_keys_work():
     (with_port("name: eth1, directon: both"), "ports[1].directon", "did you mean 'direction'?"),
     (with_port("nam: eth1"), "ports[1].nam", "did you mean 'name'?"),
     (with_port("name: eth1, sampler: 5"), "ports[1].sampler", "did you mean 'sampling'?"),
+    (with_port("switchid: 'aabb'"), "ports[1].switchid", "did you mean 'switch_id'?"),
+    (with_port("portname: p0"), "ports[1].portname", "did you mean 'port_name'?"),
+    (with_port("name: eth1, groupe: 7"), "ports[1].groupe", "did you mean 'group'?"),
+    (with_top("control_sock: /run/x.sock"), "control_sock", "did you mean 'control_socket'?"),
     (with_port("name: eth1, colour: red"), "ports[1].colour", "known keys: name, match, switch_id, port_name, group, sampling, "),
 ])
 def test_unknown_key_is_named_with_a_suggestion(text, key, hint):
@@ -359,6 +376,10 @@ def test_unknown_key_is_named_with_a_suggestion(text, key, hint):
     (with_port("name: eth1, agent: eth0"), "ports[1].agent", "at the top level, for all ports"),
     (with_top("name: eth0"), "name", "in a rule under `ports`"),
     (with_top("match: 'eth*'"), "match", "in a rule under `ports`"),
+    (with_top("switch_id: 'aabb'"), "switch_id", "in a rule under `ports`"),
+    (with_top("port_name: p0"), "port_name", "in a rule under `ports`"),
+    (with_top("group: 7"), "group", "in a rule under `ports`"),
+    (with_port("name: eth1, control_socket: /run/x.sock"), "ports[1].control_socket", "at the top level, for all ports"),
 ])
 def test_key_at_the_wrong_level(text, key, place):
     err = config_error(text)
@@ -525,9 +546,7 @@ def test_ports_must_be_a_non_empty_list(value, reason):
     ("{name: enp4s0f0_1}", "ports[1].name", "'enp4s0f0_1' is already given in ports[0]"),
 ])
 def test_bad_port_rule(item, key, reason):
-    err = config_error(MINIMAL + f"  - {item}\n")
-    assert err.key == key
-    assert reason in err.reason, err.reason
+    assert_second_rule_fails(item, key, reason)
 
 
 def test_duplicate_glob():
@@ -607,6 +626,361 @@ def test_no_rule_matches():
     assert rules_config("{name: eth0}", "{match: 'enp*'}").settings_for("lo") is None
 
 
+# ------------------------------------------------------------------ the example's commented switchdev rules
+
+
+def example_commented_rules() -> str:
+    """The rules the example shows commented out under `ports`, uncommented ("  # - key:" / "  #   key:")."""
+    text = EXAMPLE.read_text()
+    after_ports = text[text.index("\nports:\n"):].splitlines()
+    return "".join(line.replace("  # ", "  ", 1) + "\n" for line in after_ports
+                   if re.match(r"  # (- |  )[a-z_]+: ", line))
+
+
+def test_example_commented_rules_parse_with_the_active_ones():
+    config = parse_config(EXAMPLE.read_text() + example_commented_rules())
+    assert config.ports[2:] == (
+        PortRule(None, None, "00154d1234", "pf0vf*", None, PortSettings(1000, 128, "ingress", "auto", 1, 0)),
+        PortRule(None, None, "00154d1234", "p0", None, PortSettings(400, 128, "both", "auto", 1, 0)),
+        named("enp4s0f0_2", group=7),
+    )
+    assert config.rule_for(LinkInfo("enp4s0f0_5", "00154d1234", "pf0vf3")).settings.sampling == 1000
+    assert config.rule_for(LinkInfo("enp4s0f0np0", "00154d1234", "p0")).settings.direction == "both"
+    assert config.rule_for(LinkInfo("enp4s0f0_2", "00154d1234", "pf0vf1")).group == 7
+
+
+# ------------------------------------------------------------------ switchdev selectors: parsing
+
+
+@pytest.mark.parametrize("written,stored", [
+    ("'00154d1234'", "00154d1234"),
+    ("'00:15:4D:12:34'", "00154d1234"),
+    ("'B8CEF6FFFE123456'", "b8cef6fffe123456"),
+    ("00154d1234", "00154d1234"),  # has a letter, so YAML keeps it a string even unquoted
+    ("'0015401234'", "0015401234"),
+    ("'ab'", "ab"),
+    ("'" + "ab" * 32 + "'", "ab" * 32),
+])
+def test_switch_id_is_normalised_to_sysfs_form(written, stored):
+    assert parse_config(with_port(f"switch_id: {written}")).ports[1].switch_id == stored
+
+
+def test_switch_id_text_is_the_sysfs_form():
+    assert switch_id_text(bytes.fromhex("00154D1234")) == "00154d1234"
+
+
+@pytest.mark.parametrize("value", ["p0", "pf0vf*", "pf[01]vf?", "pf0sf1"])
+def test_port_name_glob(value):
+    assert parse_config(with_port(f"port_name: '{value}'")).ports[1].port_name == value
+
+
+def test_selectors_combine_in_one_rule():
+    rule = parse_config(with_port("name: eth1, switch_id: 'aa:BB', port_name: p0, sampling: 9")).ports[1]
+    assert rule == PortRule("eth1", None, "aabb", "p0", None, replace(DEFAULT_SETTINGS, sampling=9))
+    rule = parse_config(with_port("match: 'enp*', port_name: 'pf0vf*'")).ports[1]
+    assert (rule.name, rule.match, rule.switch_id, rule.port_name) == (None, "enp*", None, "pf0vf*")
+
+
+@pytest.mark.parametrize("item,key,reason", [
+    ("{switch_id: 0015401234}", "ports[1].switch_id",  # YAML 1.1 octal
+     "must be a quoted string of hex digits, as /sys/class/net/PORT/phys_switch_id shows, got the integer 3539612 "
+     "(YAML reads unquoted digits as a number: quote the id)"),
+    ("{switch_id: 12:34:56}", "ports[1].switch_id", "got the integer 45296 (YAML reads unquoted digits as a number"),
+    ("{switch_id: 1234}", "ports[1].switch_id", "got the integer 1234 (YAML reads"),
+    ("{switch_id: yes}", "ports[1].switch_id", "got the boolean true"),
+    ("{switch_id: }", "ports[1].switch_id", "got nothing"),
+    ("{switch_id: [aa]}", "ports[1].switch_id", "got a list"),
+    ("{switch_id: ''}", "ports[1].switch_id",
+     "'' is not a switch id: pairs of hex digits as /sys/class/net/PORT/phys_switch_id shows them, such as "
+     "'00154d1234' (or '00:15:4d:12:34')"),
+    ("{switch_id: 'abc'}", "ports[1].switch_id", "'abc' is not a switch id"),
+    ("{switch_id: 'xyzw'}", "ports[1].switch_id", "'xyzw' is not a switch id"),
+    ("{switch_id: '0:15:4d'}", "ports[1].switch_id", "'0:15:4d' is not a switch id"),
+    ("{switch_id: '0015:4d'}", "ports[1].switch_id", "is not a switch id"),
+    ("{switch_id: '00:15:'}", "ports[1].switch_id", "is not a switch id"),
+    ("{switch_id: '00-15-4d'}", "ports[1].switch_id", "is not a switch id"),
+    ("{switch_id: '0x00154d'}", "ports[1].switch_id", "is not a switch id"),
+    ("{switch_id: ' 00154d'}", "ports[1].switch_id", "is not a switch id"),
+    ("{switch_id: '" + "ab" * 33 + "'}", "ports[1].switch_id", "is 33 bytes long; a switch id has at most 32"),
+    ("{port_name: ''}", "ports[1].port_name", "'' can match no port name"),
+    ("{port_name: 'pf0 vf*'}", "ports[1].port_name", "'pf0 vf*' can match no port name"),
+    ("{port_name: 0}", "ports[1].port_name", 'must be a glob such as "pf0vf*", got the integer 0'),
+    ("{port_name: [p0]}", "ports[1].port_name", "got a list"),
+    ("{match: 'enp*', name: eth1, port_name: p0}", "ports[1]", "`name` and `match` exclude each other"),
+])
+def test_bad_switchdev_selector(item, key, reason):
+    assert_second_rule_fails(item, key, reason)
+
+
+@pytest.mark.parametrize("rules,key,reason", [
+    (["{switch_id: '00154d1234'}", "{switch_id: '00:15:4D:12:34', sampling: 5}"], "ports[2].switch_id",
+     "'00154d1234' is already given in ports[1]"),
+    (["{port_name: 'pf0vf*'}", "{port_name: 'pf0vf*'}"], "ports[2].port_name", "'pf0vf*' is already given in ports[1]"),
+    (["{switch_id: 'aabb', port_name: 'pf0vf*'}", "{port_name: 'pf0vf*', switch_id: 'AA:BB'}"], "ports[2]",
+     "switch_id 'aabb' and port_name 'pf0vf*' are already given together in ports[1]"),
+    (["{match: 'rep*', port_name: p0}", "{match: 'rep*', port_name: p0}"], "ports[2]",
+     "match 'rep*' and port_name 'p0' are already given together in ports[1]"),
+    (["{name: eth1}", "{name: eth1, group: 7}"], "ports[2].name", "'eth1' is already given in ports[1]"),
+])
+def test_rules_with_the_same_selectors(rules, key, reason):
+    err = config_error(MINIMAL + "".join(f"  - {rule}\n" for rule in rules))
+    assert (err.key, err.reason) == (key, reason)
+
+
+def test_rules_with_overlapping_but_different_selectors_are_distinct():
+    config = rules_config("{switch_id: 'aabb', port_name: 'pf0vf*'}", "{switch_id: 'aabb'}", "{port_name: 'pf0vf*'}",
+                          "{name: eth0, switch_id: 'aabb'}", "{name: eth0}", "{match: eth0, switch_id: 'aabb'}")
+    assert len(config.ports) == 6
+
+
+# ------------------------------------------------------------------ receive-only groups
+
+
+def test_receive_only_rule():
+    config = parse_config(with_top("direction: both\nsampling: 100\noffload: required") +
+                          "  - {name: rep7, group: 7, header: 64}\n  - {name: rep8, group: 4294967295, "
+                          "direction: egress, sampling: 2000}\n")
+    assert config.ports[1] == named("rep7", PortSettings(100, 64, "ingress", "required", 1, 0), group=7)
+    assert config.ports[1].receive_only and not config.ports[0].receive_only
+    # ingress by default, whatever the top level says: that describes hwsflow's own filters
+    assert config.ports[2].settings == PortSettings(2000, 128, "egress", "required", 1, 0)
+    assert config.ports[2].group == 2**32 - 1
+
+
+@pytest.mark.parametrize("group_base,group", [(1000, 999), (1000, 1000 + 2**16), (1, 2**16 + 1), (2**16, 1)])
+def test_receive_only_group_just_outside_own_groups(group_base, group):
+    config = parse_config(with_top(f"group_base: {group_base}") + f"  - {{name: rep, group: {group}}}\n")
+    assert config.ports[1].group == group
+
+
+@pytest.mark.parametrize("item,key,reason", [
+    ("{name: rep, group: 0}", "ports[1].group", "must be from 1 to 4294967295 (a psample group id), got 0"),
+    ("{name: rep, group: 4294967296}", "ports[1].group", "must be from 1 to 4294967295"),
+    ("{name: rep, group: '7'}", "ports[1].group", "got the string '7' (a quoted number: remove the quotes)"),
+    ("{name: rep, group: }", "ports[1].group", "got nothing"),
+    ("{group: 7}", "ports[1]", "needs at least one of `name`"),
+    ("{match: 'rep*', group: 7}", "ports[1].group",
+     "a receive-only group needs `name`: its samples are attributed to that one port"),
+    ("{switch_id: 'aabb', port_name: p0, group: 7}", "ports[1].group", "a receive-only group needs `name`"),
+    ("{name: rep, switch_id: 'aabb', group: 7}", "ports[1].switch_id",
+     "cannot be combined with `group`: a receive-only group belongs to the one port `name` gives"),
+    ("{name: rep, port_name: p0, group: 7}", "ports[1].port_name", "cannot be combined with `group`"),
+    ("{name: rep, group: 7, offload: software}", "ports[1].offload",
+     "has no effect for a receive-only group: hwsflow installs no filter for it"),
+    ("{name: rep, group: 7, priority: 1}", "ports[1].priority", "has no effect for a receive-only group"),
+    ("{name: rep, group: 7, chain: 0}", "ports[1].chain", "has no effect for a receive-only group"),
+    ("{name: rep, group: 7, direction: both}", "ports[1].direction",
+     "must be ingress or egress for a receive-only group (one group's samples come from one direction), "
+     "got the string 'both'"),
+    ("{name: rep, group: 7, direction: egres}", "ports[1].direction", "did you mean 'egress'?"),
+    ("{name: rep, group: 7, sampling: 0}", "ports[1].sampling", "must be from 1"),
+    ("{name: rep, group: 1000}", "ports[1].group",
+     "1000 is among hwsflow's own psample groups (1000 to 66535, from group_base): choose a group outside them, "
+     "or move group_base"),
+    ("{name: rep, group: 66535}", "ports[1].group", "1000 to 66535"),
+])
+def test_bad_receive_only_rule(item, key, reason):
+    assert_second_rule_fails(item, key, reason)
+
+
+def test_receive_only_group_inside_a_moved_group_base():
+    err = config_error(with_top("group_base: 5") + "  - {name: rep, group: 7}\n")
+    assert (err.key, err.reason) == ("ports[1].group", "7 is among hwsflow's own psample groups (5 to 65540, from "
+                                                       "group_base): choose a group outside them, or move group_base")
+
+
+def test_receive_only_group_given_twice():
+    err = config_error(MINIMAL + "  - {name: rep1, group: 7}\n  - {match: 'x*'}\n  - {name: rep2, group: 7}\n")
+    assert (err.key, err.reason) == ("ports[3].group", "7 is already the group of ports[1]; one group's samples "
+                                                       "can be attributed to one port only")
+
+
+def test_receive_only_header_counts_for_datagram_size():
+    err = config_error(with_top("datagram_size: 300") + "  - {name: rep, group: 7, header: 150}\n")
+    assert err.key == "datagram_size"
+    assert "ports[1].header 150" in err.reason
+
+
+# ------------------------------------------------------------------ control_socket
+
+
+@pytest.mark.parametrize("value", ["/run/hwsflow/control.sock", "/tmp/h.sock", "/run/with space/s", "/x",
+                                   "/" + "a" * 106])
+def test_control_socket(value):
+    assert parse_config(with_top(f"control_socket: '{value}'")).control_socket == value
+
+
+def test_control_socket_default():
+    assert parse_config(MINIMAL).control_socket == "/run/hwsflow/control.sock"
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("run/hwsflow.sock", "'run/hwsflow.sock' is not an absolute path (it must start with '/')"),
+    ("'~/hwsflow.sock'", "is not an absolute path"),
+    ("''", "'' is not an absolute path"),
+    ("/run/hwsflow/", "'/run/hwsflow/' names a directory; give the socket's own path, such as "
+                      "/run/hwsflow/control.sock"),
+    ("/", "names a directory"),
+    ("'/" + "a" * 107 + "'", "is 108 bytes long; a Unix socket path holds at most 107"),
+    ("'/" + "é" * 54 + "'", "is 109 bytes long"),  # bytes, not characters
+    ('"/run/a\\0b"', "'/run/a\\x00b' contains a control character (NUL, newline, ...)"),
+    ('"/run/a.sock\\n"', "contains a control character"),
+    ("", "must be an absolute path, got nothing (null or an empty value)"),
+    ("42", "must be an absolute path, got the integer 42"),
+    ("[/run/a]", "got a list"),
+])
+def test_bad_control_socket(value, reason):
+    err = config_error(with_top(f"control_socket: {value}"))
+    assert err.key == "control_socket"
+    assert reason in err.reason, err.reason
+
+
+# ------------------------------------------------------------------ rule_for: selection over LinkInfo
+
+
+VF3 = LinkInfo("enp4s0f0_3", "00154d1234", "pf0vf3")
+UPLINK = LinkInfo("enp4s0f0np0", "00154d1234", "p0")
+OTHER_SWITCH_VF3 = LinkInfo("enp5s0f0_3", "00154d9999", "pf0vf3")
+PLAIN = LinkInfo("eno1")
+
+
+def test_selects_is_the_and_of_given_selectors():
+    both = rules_config("{switch_id: '00154d1234', port_name: 'pf0vf*'}").ports[0]
+    assert both.selects(VF3)
+    assert not both.selects(UPLINK)  # port name differs
+    assert not both.selects(OTHER_SWITCH_VF3)  # switch differs
+    assert not both.selects(PLAIN)
+    assert not both.selects(LinkInfo("enp4s0f0_3", "00154d1234"))  # no port name: never selected
+    assert not both.selects(LinkInfo("enp4s0f0_3", None, "pf0vf3"))  # no switch id: never selected
+
+
+def test_name_and_glob_combine_with_switchdev_selectors():
+    config = rules_config("{match: 'enp4s0f0_*', port_name: 'pf0vf*'}", "{name: eno1, switch_id: 'aabb'}")
+    assert config.ports[0].selects(VF3)
+    assert not config.ports[0].selects(replace(VF3, ifname="eth3"))
+    assert not config.ports[0].selects(LinkInfo("enp4s0f0_3"))
+    assert config.ports[1].selects(LinkInfo("eno1", "aabb"))
+    assert not config.ports[1].selects(PLAIN)
+
+
+def test_port_name_glob_is_case_sensitive_and_whole():
+    rule = rules_config("{port_name: 'pf0vf?'}").ports[0]
+    assert rule.selects(VF3)
+    assert not rule.selects(LinkInfo("x", port_name="pf0vf12"))
+    assert not rule.selects(LinkInfo("x", port_name="PF0VF3"))
+    assert not rule.selects(LinkInfo("x", port_name="pf1vf3"))
+
+
+def test_rule_for_exact_name_wins_over_earlier_switchdev_rule():
+    config = rules_config("{switch_id: '00154d1234', sampling: 1}", "{match: 'enp*', sampling: 2}",
+                          "{name: enp4s0f0_3, sampling: 3}")
+    assert config.rule_for(VF3).settings.sampling == 3
+    assert config.rule_for(UPLINK).settings.sampling == 1
+    assert config.rule_for(OTHER_SWITCH_VF3).settings.sampling == 2
+
+
+def test_rule_for_first_selecting_rule_in_file_order():
+    config = rules_config("{port_name: p0, sampling: 1}", "{switch_id: '00154d1234', port_name: 'pf0vf*', "
+                          "sampling: 2}", "{switch_id: '00154d1234', sampling: 3}", "{match: '*', sampling: 4}")
+    assert config.rule_for(UPLINK).settings.sampling == 1
+    assert config.rule_for(VF3).settings.sampling == 2
+    assert config.rule_for(LinkInfo("enp4s0f0", "00154d1234", "pf0")).settings.sampling == 3
+    assert config.rule_for(OTHER_SWITCH_VF3).settings.sampling == 4
+    assert config.rule_for(PLAIN).settings.sampling == 4
+
+
+def test_rule_for_named_rule_whose_other_selectors_fail_does_not_win():
+    config = rules_config("{match: 'enp*', sampling: 1}", "{name: enp4s0f0_3, switch_id: 'ffff', sampling: 2}",
+                          "{name: enp4s0f0_3, switch_id: '00154d1234', sampling: 3}")
+    assert config.rule_for(VF3).settings.sampling == 3
+    assert config.rule_for(replace(VF3, switch_id="ffff")).settings.sampling == 2
+    assert config.rule_for(replace(VF3, switch_id="eeee")).settings.sampling == 1
+
+
+def test_links_without_switchdev_attributes_only_meet_name_rules():
+    config = rules_config("{switch_id: '00154d1234'}", "{port_name: '*'}")
+    assert config.rule_for(PLAIN) is None
+    assert config.settings_for("enp4s0f0_3") is None
+    assert config.rule_for(VF3) is config.ports[0]
+
+
+def test_rule_for_receive_only_by_name():
+    config = rules_config("{match: 'rep*', sampling: 1}", "{name: rep7, group: 7}")
+    assert config.rule_for(LinkInfo("rep7", "aabb", "pf0vf7")).group == 7
+    assert config.rule_for(LinkInfo("rep8")).group is None
+    assert config.settings_for("rep7") == config.ports[1].settings
+
+
+def test_settings_for_is_rule_for_by_name():
+    config = rules_config("{match: 'e*', sampling: 1}", "{name: eth0, sampling: 2}")
+    for ifname in ("eth0", "eth1", "lo"):
+        rule = config.rule_for(LinkInfo(ifname))
+        assert config.settings_for(ifname) == (rule.settings if rule else None)
+
+
+def test_named_ports_lists_each_name_once_in_file_order():
+    config = rules_config("{name: b}", "{match: 'x*'}", "{name: a, group: 7}", "{name: b, switch_id: 'aabb'}",
+                          "{port_name: p0}")
+    assert config.named_ports() == ("b", "a")
+    assert rules_config("{match: 'x*'}").named_ports() == ()
+
+
+@given(st.binary(min_size=1, max_size=32), st.booleans(), st.booleans())
+@settings(max_examples=100)
+def test_switch_id_round_trip(raw, colons, upper):
+    text = (":" if colons else "").join(f"{byte:02x}" for byte in raw)
+    config = rules_config(f"{{switch_id: '{text.upper() if upper else text}'}}")
+    assert config.rule_for(LinkInfo("x", switch_id_text(raw))) is config.ports[0]
+    assert config.rule_for(LinkInfo("x", switch_id_text(raw + b"\0"))) is None
+
+
+# ------------------------------------------------------------------ reload: equality and global_changes
+
+
+def test_same_text_gives_equal_configs():
+    text = with_top("sampling: 7") + "  - {switch_id: 'AA:BB', port_name: 'pf0vf*'}\n  - {name: rep, group: 7}\n"
+    assert parse_config(text) == parse_config(text)
+    assert parse_config(text).ports == parse_config(text.replace("'AA:BB'", "aabb")).ports
+
+
+def test_global_keys_are_config_fields():
+    assert set(GLOBAL_KEYS) <= set(Config.__dataclass_fields__) - {"path", "defaults", "ports"}
+
+
+@pytest.mark.parametrize("key,line", [
+    ("agent", "agent: 192.0.2.7"),
+    ("sub_agent_id", "sub_agent_id: 3"),
+    ("targets", None),
+    ("group_base", "group_base: 5000"),
+    ("datagram_size", "datagram_size: 1500"),
+    ("expanded", "expanded: true"),
+    ("rcvbuf", "rcvbuf: 65536"),
+    ("control_socket", "control_socket: /run/other.sock"),
+    ("polling", "polling: 30"),
+    ("keep_filters", "keep_filters: true"),
+])
+def test_global_changes_names_each_key(key, line):
+    old = parse_config(MINIMAL)
+    new = parse_config(with_top(line) if line else MINIMAL.replace("192.0.2.10", "192.0.2.11"))
+    assert global_changes(old, new) == [key]
+    assert global_changes(new, old) == [key]
+
+
+def test_global_changes_ignores_port_settings_and_rules_and_path():
+    old = parse_config(MINIMAL, "a.yaml")
+    new = parse_config(with_top("sampling: 10\nheader: 64\ndirection: egress\noffload: software\npriority: 2\n"
+                                "chain: 1") + "  - {switch_id: 'aabb'}\n  - {name: rep, group: 7}\n", "b.yaml")
+    assert old != new
+    assert global_changes(old, new) == []
+    assert global_changes(old, old) == []
+
+
+def test_global_changes_keeps_global_keys_order():
+    old = parse_config(MINIMAL)
+    new = parse_config(with_top("keep_filters: true\npolling: 5\nagent: eth9"))
+    assert global_changes(old, new) == ["agent", "polling", "keep_filters"]
+
+
 # ------------------------------------------------------------------ load_config and ConfigError
 
 
@@ -670,12 +1044,13 @@ def parses_or_config_error(text: str) -> Config | ConfigError:
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True),
     st.text(max_size=20), st.sampled_from(["ingress", "both", "auto", "eth0", "enp4s0f0_*", "192.0.2.1:6343",
-                                           "[2001:db8::1]:6343", "yes", "400", ""]),
+                                           "[2001:db8::1]:6343", "yes", "400", "", "00:15:4d:12:34", "pf0vf*",
+                                           "/run/hwsflow/control.sock"]),
 )
 keys = st.one_of(
     st.sampled_from(["agent", "sub_agent_id", "targets", "sampling", "header", "polling", "direction", "offload",
                      "priority", "chain", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters",
-                     "ports", "name", "match"]),
+                     "control_socket", "ports", "name", "match", "switch_id", "port_name", "group"]),
     st.text(max_size=10), st.integers(), st.booleans(), st.none(),
 )
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6),
@@ -690,7 +1065,7 @@ def test_random_documents_give_config_or_config_error(document):
 
 @given(st.dictionaries(st.sampled_from(["agent", "sub_agent_id", "sampling", "header", "polling", "direction",
                                         "offload", "priority", "chain", "group_base", "datagram_size", "expanded",
-                                        "rcvbuf", "keep_filters"]), documents, max_size=4),
+                                        "rcvbuf", "keep_filters", "control_socket"]), documents, max_size=4),
        st.lists(st.dictionaries(keys, documents, max_size=4), max_size=3))
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 def test_near_valid_documents_fail_on_a_named_key(top, extra_ports):

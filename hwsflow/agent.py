@@ -1,122 +1,57 @@
 """The daemon: a thin asyncio (uvloop) shell moving bytes between sockets and the pure cores.
 
-rtnetlink work (links, addresses, tc) runs on one worker thread through
-pyroute2's sync IPRoute, whose asyncio sockets do not run on uvloop
-(REFERENCE section 6).  The psample socket is read on the event loop itself.
+rtnetlink work (links, addresses, tc) runs on one worker thread (hwsflow.rtnl);
+the psample socket, the rtnetlink event socket and the control socket are read
+on the event loop itself.  Port changes (start-up, link and tc events, the
+CLI, reloads) are serialised by one lock and carried out by hwsflow.ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import random
 import signal
+import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hwsflow import tc
+from hwsflow import __version__, rtnl_events
 from hwsflow.collectors import CollectorSet, open_collectors
-from hwsflow.config import Config, PortSettings
-from hwsflow.counters import LinkState, counter_records
-from hwsflow.datasource import Direction
+from hwsflow.config import Config, ConfigError, LinkInfo, global_changes, load_config
+from hwsflow.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
+from hwsflow.control_socket import AlreadyRunning, ControlServer
+from hwsflow.counters import counter_records
 from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
 from hwsflow.identity import agent_address
 from hwsflow.pipeline import SamplePipeline
+from hwsflow.ports import PortManager
+from hwsflow.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable
 from hwsflow.receive import BATCH, drain
-from hwsflow.psample_socket import PsampleSocket, PsampleUnavailable
+from hwsflow.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
+from hwsflow.status import RateMeter
 from hwsflow.systemd import notify
 
 log = logging.getLogger("hwsflow")
 
 RECV_BUFFER = 1 << 17  # one psample message is at most 64 KiB
-FLUSH_INTERVAL = 1.0  # s: a partly filled datagram waits at most this long
+TICK = 1.0  # s: a partly filled datagram waits at most this long; status rates are read this often
 PSAMPLE_RETRY = 2.0  # s between attempts while the psample module is absent
 POOL_SYNC_INTERVAL = 20.0  # s between pool re-syncs from tc when counter polling is off
+RECONCILE_INTERVAL = 10.0  # s: a full check of links and filters backs the events up
+# s: after a port appears or loses its qdisc, give the program that manages it (Open vSwitch
+# re-creates the ingress qdisc at port initialisation) time to set it up, so that hwsflow reuses
+# that qdisc instead of creating a clsact that would make the other program's `add ingress` fail
+SETTLE = 0.25
 
 
 class AgentError(Exception):
     """Start-up cannot go on; the message says why."""
-
-
-class RtnlWorker:
-    """Runs rtnetlink calls on one dedicated thread that owns the IPRoute socket."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
-        self._ipr: IPRoute | None = None
-
-    def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
-        if self._ipr is None:
-            self._ipr = tc.open_rtnl()
-        return fn(self._ipr, *args)
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
-
-    def close(self) -> None:
-        if self._ipr is not None:
-            self._pool.submit(self._ipr.close).result()
-        self._pool.shutdown(wait=True)
-
-
-@dataclass
-class WatchedPort:
-    """A port hwsflow samples, with what it installed there."""
-
-    ifindex: int
-    ifname: str
-    settings: PortSettings
-    specs: list[tc.FilterSpec] = field(default_factory=list)
-    created_qdisc: bool = False
-
-
-def _directions(setting: str) -> list[Direction]:
-    return ["ingress", "egress"] if setting == "both" else [setting]  # type: ignore[list-item]
-
-
-def _links(ipr: IPRoute) -> list[tuple[int, str]]:
-    return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
-
-
-IFF_UP, IFF_RUNNING, IFF_PROMISC = 0x1, 0x40, 0x100
-
-
-def _sysfs(ifname: str, name: str) -> str:
-    try:
-        with open(f"/sys/class/net/{ifname}/{name}", encoding="ascii") as attr:
-            return attr.read().strip()
-    except OSError:  # virtual links answer EINVAL for speed
-        return ""
-
-
-def _link_state(ipr: IPRoute, ifindex: int, ifname: str) -> LinkState:
-    """The port's flags and 64-bit stats (rtnetlink) with speed and duplex (sysfs: rtnetlink has neither)."""
-    (msg,) = ipr.get_links(ifindex)
-    flags = msg["flags"]
-    stats = msg.get_attr("IFLA_STATS64") or {}
-    speed = _sysfs(ifname, "speed")
-    return LinkState(
-        ifindex=ifindex,
-        ifname=ifname,
-        arphrd=msg["ifi_type"],
-        admin_up=bool(flags & IFF_UP),
-        oper_up=bool(flags & IFF_RUNNING),
-        promisc=bool(flags & IFF_PROMISC),
-        speed_bps=int(speed) * 1_000_000 if speed.isdigit() else 0,
-        duplex=_sysfs(ifname, "duplex") or "unknown",
-        stats={k: v for k, v in dict(stats).items() if isinstance(v, int)},
-    )
-
-
-def _addresses(ipr: IPRoute) -> list[tuple[str, str]]:
-    names = dict(_links(ipr))
-    return [(names.get(addr["index"], ""), addr.get_attr("IFA_ADDRESS")) for addr in ipr.get_addr()]
 
 
 class Agent:
@@ -124,14 +59,25 @@ class Agent:
         self.config = config
         self.rtnl = RtnlWorker()
         self.groups = GroupTable(config.group_base)
-        self.ports: dict[int, WatchedPort] = {}
+        self.ports = PortManager(config, self.rtnl, self.groups)
         self.collectors = CollectorSet()
+        self.address = ""
         self.psample: PsampleSocket | None = None
         self.pipeline: SamplePipeline | None = None
+        self.builder: DatagramBuilder | None = None
+        self.control = ControlServer(config.control_socket, self._handle)
+        self.rates = RateMeter()
+        self._events: socket.socket | None = None
         self._started = time.monotonic()
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # the maintenance task has work: events, a reload
+        self._lock = asyncio.Lock()  # one port change at a time
+        self._dirty_links: set[int] = set()
+        self._heal_at: dict[int, float] = {}  # ifindex -> when to check its filters
+        self._full_reconcile = False
+        self._reload = False
         self._rxbuf = bytearray(RECV_BUFFER)
-        self._ifindexes: list[int] = []
+        self._evbuf = bytearray(1 << 16)
         self._psample_warned = False
 
     def uptime_ms(self) -> int:
@@ -140,35 +86,60 @@ class Agent:
     # ---------------------------------------------------------------- start-up
 
     async def start(self) -> None:
-        cfg = self.config
-        address = agent_address(cfg.agent, await self.rtnl.call(_addresses))
-        self.collectors, errors = open_collectors([(t.host, t.port) for t in cfg.targets])
-        for line in errors:
-            log.error("%s", line)
-        if not self.collectors.collectors:
-            raise AgentError("no collector could be resolved; nothing to send samples to")
-        builder = DatagramBuilder(str(address), cfg.sub_agent_id, cfg.datagram_size, cfg.expanded)
-        log.info("agent address %s, sub-agent %d, collectors %s", address, cfg.sub_agent_id,
-                 ", ".join(c.target for c in self.collectors.collectors))
+        try:
+            self.control.acquire()
+        except AlreadyRunning as err:
+            raise AgentError(str(err)) from None
+        except OSError as err:
+            raise AgentError(f"control socket {self.config.control_socket}: {err.strerror or err}") from None
+        await self._open_output(self.config)
         # join psample before installing filters, so no sample is built unheard; when the module is
         # absent, the first sample filter loads it (act_sample depends on psample), so install anyway
-        psample_ready = self._try_psample(builder)
-        links = await self.rtnl.call(_links)
-        self._ifindexes = [ifindex for ifindex, _ in links]
-        if self.pipeline is not None:
-            self.pipeline.set_links(self._ifindexes)
-        for ifindex, ifname in links:
-            settings = cfg.settings_for(ifname)
-            if settings is not None:
-                await self.watch(ifindex, ifname, settings)
-        for rule in cfg.ports:
-            if rule.name is not None and rule.name not in {name for _, name in links}:
-                log.error("port %s: no such interface; it is not sampled", rule.name)
-        log.info("sampling %d ports through %d psample groups", len(self.groups.sources), len(self.groups.by_group))
+        psample_ready = self._try_psample()
+        # listen to link and tc events before reading the links, so no change falls in between
+        self._events = rtnl_events.open_event_socket()
+        asyncio.get_running_loop().add_reader(self._events.fileno(), self._on_rtnl_event)
+        async with self._lock:
+            links = await self.rtnl.call(read_links)
+            self._set_links(links)
+            await self.ports.reconcile(links)
+            await self.ports.remove_stale()
+        present = {link.ifname for link in links.values()}
+        for name in self.config.named_ports():
+            if name not in present:
+                log.error("port %s: no such interface; sampled as soon as it appears", name)
+        await self.control.start()
+        log.info("sampling %d ports through %d psample groups; control socket %s", len(self.groups.sources),
+                 len(self.groups.by_group), self.config.control_socket)
         if not psample_ready:
-            await self._wait_psample(builder)
+            await self._wait_psample()
 
-    def _try_psample(self, builder: DatagramBuilder) -> bool:
+    async def _open_output(self, config: Config) -> None:
+        """Agent address, collectors (names resolved now) and the datagram builder, for config."""
+        address = str(agent_address(config.agent, await self.rtnl.call(addresses)))
+        collectors, errors = open_collectors([(t.host, t.port) for t in config.targets])
+        for line in errors:
+            log.error("%s", line)
+        if not collectors.collectors:
+            collectors.close()
+            raise AgentError("no collector could be resolved; nothing to send samples to")
+        builder = DatagramBuilder(address, config.sub_agent_id, config.datagram_size, config.expanded)
+        if self.builder is not None:
+            self._send_finished(flush=True)
+            if address == self.address and config.sub_agent_id == self.config.sub_agent_id:
+                builder.sequence = self.builder.sequence  # the same agent: its datagram sequence goes on
+        for new in collectors.collectors:  # a collector kept across a reload keeps its counts
+            for old in self.collectors.collectors:
+                if old.target == new.target:
+                    new.sent, new.errors, new.last_error = old.sent, old.errors, old.last_error
+        self.collectors.close()
+        self.collectors, self.builder, self.address = collectors, builder, address
+        if self.pipeline is not None:
+            self.pipeline.builder = builder
+        log.info("agent address %s, sub-agent %d, collectors %s", address, config.sub_agent_id,
+                 ", ".join(c.target for c in collectors.collectors))
+
+    def _try_psample(self) -> bool:
         """Join psample's "packets" group now; False (logged once) when the module is absent."""
         try:
             self.psample = PsampleSocket(self.config.rcvbuf)
@@ -182,79 +153,64 @@ class Agent:
         if self.psample.rcvbuf < self.config.rcvbuf:
             log.warning("psample receive buffer is %d bytes, less than the %d asked for",
                         self.psample.rcvbuf, self.config.rcvbuf)
-        self.pipeline = SamplePipeline(builder, self.groups, self.psample.family.id)
-        self.pipeline.set_links(self._ifindexes)
+        assert self.builder is not None
+        self.pipeline = SamplePipeline(self.builder, self.groups, self.psample.family.id)
+        self.pipeline.set_links(list(self.ports.links))
         asyncio.get_running_loop().add_reader(self.psample.fileno(), self._on_readable)
         return True
 
-    async def _wait_psample(self, builder: DatagramBuilder) -> None:
+    async def _wait_psample(self) -> None:
         """Retry until psample appears or the agent is told to stop."""
-        while not self._try_psample(builder):
+        while not self._try_psample():
             try:
                 await asyncio.wait_for(self._stop.wait(), PSAMPLE_RETRY)
                 return
             except asyncio.TimeoutError:
                 continue
 
-    async def watch(self, ifindex: int, ifname: str, settings: PortSettings) -> None:
-        """Install hwsflow's filter(s) on a port; a failure is logged with the port's name, others go on."""
-        port = WatchedPort(ifindex, ifname, settings)
-        for direction in _directions(settings.direction):
-            # bound before the filter exists, so not even the first sample is counted as foreign
-            binding = self.groups.bind(ifindex, ifname, direction, settings.sampling, settings.header)
-            group = binding.group
-            spec = tc.FilterSpec(ifindex, ifname, direction, settings.sampling, group, settings.header,
-                                 settings.priority, settings.chain, settings.offload)
-            try:
-                port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, ifindex, ifname, direction)
-                state = await self.rtnl.call(tc.install, spec)
-            except tc.TcError as err:
-                log.error("%s", err)
-                self.groups.release(ifindex, direction)
-                continue
-            except (NetlinkError, OSError) as err:  # the port vanished meanwhile, or the kernel said no
-                log.error("port %s: cannot install the %s filter: %s", ifname, direction, err)
-                self.groups.release(ifindex, direction)
-                continue
-            port.specs.append(spec)
-            binding.sync_tc(state.packets)  # an adopted filter may have counted already
-            log.info("port %s (ifindex %d): %s 1-in-%d, header %d, group %d, priority %d, %s",
-                     ifname, ifindex, direction, settings.sampling, settings.header, group,
-                     settings.priority, _offload_text(state))
-        if port.specs or port.created_qdisc:
-            self.ports[ifindex] = port
+    def _set_links(self, links: dict) -> None:
+        if self.pipeline is not None:
+            self.pipeline.set_links(list(links))
 
-    # ---------------------------------------------------------------- running
+    # ---------------------------------------------------------------- samples
 
     def _on_readable(self) -> None:
         psample, pipeline = self.psample, self.pipeline
         assert psample is not None and pipeline is not None
-        _read, enobufs = drain(psample.sock, self._rxbuf, pipeline, self.collectors, self.uptime_ms(), BATCH)
+        try:
+            _read, enobufs = drain(psample.sock, self._rxbuf, pipeline, self.collectors, self.uptime_ms(), BATCH)
+        except OSError as err:  # not ENOBUFS (drain counts those): say it, keep the loop alive
+            log.error("psample socket: %s", err)
+            return
         psample.enobufs += enobufs
-
-    async def _flush_periodically(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-            self._send_finished(flush=True)
 
     def _send_finished(self, flush: bool = False) -> None:
         """Send the datagrams the builder has finished; with flush, close the open one first."""
-        if self.pipeline is None:
+        if self.builder is None:
             return
         if flush:
-            self.pipeline.flush(self.uptime_ms())
-        datagrams = self.pipeline.take()
+            self.builder.flush(self.uptime_ms())
+        datagrams = self.builder.take()
         if datagrams:
             self.collectors.send(datagrams)
 
+    async def _tick(self) -> None:
+        """Once a second: send what waits in the open datagram, read the per-port sample counts."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+            self._send_finished(flush=True)
+            self.rates.update(time.monotonic(), {i: s.samples for i, s in self.groups.sources.items()})
+
+    # ---------------------------------------------------------------- counters and pools
+
     async def _poll_ports(self) -> None:
         """Per port, every `polling` seconds at its own random phase: re-sync the pool, send counters."""
-        interval = self.config.polling or POOL_SYNC_INTERVAL  # the pool is re-synced even without counters
         due: dict[int, float] = {}
         while not self._stop.is_set():
+            interval = self.config.polling or POOL_SYNC_INTERVAL  # the pool is re-synced even without counters
             now = time.monotonic()
             for ifindex in set(due) - set(self.groups.sources):
                 del due[ifindex]  # the port is no longer watched
@@ -263,7 +219,8 @@ class Agent:
                 when = due.setdefault(ifindex, now + random.uniform(0, interval))
                 if when <= now:
                     due[ifindex] = max(when + interval, now)
-                    await self._sync_pool(ifindex)
+                    async with self._lock:
+                        await self.ports.sync_pool(ifindex)
                     if self.config.polling:
                         await self._send_counters(ifindex, source.ifname)
             delay = min(due.values(), default=now + interval) - time.monotonic()
@@ -272,82 +229,252 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
 
-    async def _sync_pool(self, ifindex: int) -> None:
-        """sample_pool from the packet counters of the port's sample actions: the kernel's count, not a guess."""
-        port = self.ports.get(ifindex)
-        if port is None:
-            return
-        for spec in port.specs:
-            try:
-                state = await self.rtnl.call(tc.read_filter, spec)
-            except (NetlinkError, OSError) as err:
-                log.debug("port %s: cannot read the %s filter: %s", port.ifname, spec.direction, err)
-                continue
-            binding = self.groups.get(spec.group)
-            if state is not None and binding is not None:
-                binding.sync_tc(state.packets)
-        source = self.groups.sources.get(ifindex)
-        if source is not None:
-            source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source))
-
     async def _send_counters(self, ifindex: int, ifname: str) -> None:
         try:
-            link = await self.rtnl.call(_link_state, ifindex, ifname)
+            link = await self.rtnl.call(link_state, ifindex, ifname)
         except (NetlinkError, OSError, ValueError) as err:  # the port went away between polls
             log.debug("port %s: no counters: %s", ifname, err)
             return
         source = self.groups.sources.get(ifindex)
-        if source is None or self.pipeline is None:
+        if source is None or self.builder is None:
             return
         source.counter_seq += 1
         records, count = counter_records(link)
-        self.pipeline.builder.add_counter_sample(self.uptime_ms(), source.counter_seq, 0, ifindex, records, count)
+        self.builder.add_counter_sample(self.uptime_ms(), source.counter_seq, 0, ifindex, records, count)
         self._send_finished()
+
+    # ---------------------------------------------------------------- events and self-healing
+
+    def _on_rtnl_event(self) -> None:
+        assert self._events is not None
+        now = time.monotonic()
+        while True:
+            try:
+                nbytes = self._events.recv_into(self._evbuf)
+            except BlockingIOError:
+                break
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:  # events were lost: check everything
+                    self._full_reconcile = True
+                    continue
+                log.error("rtnetlink event socket: %s", err)
+                break
+            for event in rtnl_events.parse_events(self._evbuf, nbytes):
+                self._note_event(event, now)
+        if self._dirty_links or self._heal_at or self._full_reconcile:
+            self._wake.set()
+
+    def _note_event(self, event: rtnl_events.Event, now: float) -> None:
+        if event.kind in rtnl_events.LINK_EVENTS:
+            self._dirty_links.add(event.ifindex)
+            return
+        port = self.ports.ports.get(event.ifindex)
+        if port is None or not port.specs:
+            return  # not a port hwsflow installed anything on
+        if event.kind == rtnl_events.RTM_DELTFILTER and event.priority not in (0, *(s.priority for s in port.specs)):
+            return  # another program's filter (Open vSwitch's flower rules churn): not ours
+        self._heal_at.setdefault(event.ifindex, now + SETTLE)
+
+    async def _maintain(self) -> None:
+        """Acts on link and tc events, reloads, and a periodic full reconcile, one at a time."""
+        next_full = time.monotonic() + RECONCILE_INTERVAL
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wake_at = min([next_full, *self._heal_at.values()])
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 0.0))
+            except asyncio.TimeoutError:
+                pass
+            if self._stop.is_set():
+                return
+            if self._reload:
+                self._reload = False
+                await self._do_reload()
+            now = time.monotonic()
+            if self._full_reconcile or now >= next_full:
+                self._full_reconcile = False
+                next_full = now + RECONCILE_INTERVAL
+                await self._reconcile_all()
+            await self._handle_links()
+            await self._handle_heals()
+
+    async def _reconcile_all(self) -> None:
+        async with self._lock:
+            try:
+                links = await self.rtnl.call(read_links)
+            except (NetlinkError, OSError) as err:
+                log.error("cannot read the links: %s", err)
+                return
+            self._set_links(links)
+            await self.ports.reconcile(links)
+            for ifindex in list(self.ports.ports):
+                await self.ports.heal(ifindex)
+
+    async def _handle_links(self) -> None:
+        if not self._dirty_links:
+            return
+        dirty, self._dirty_links = self._dirty_links, set()
+        async with self._lock:
+            links: dict[int, LinkInfo | None] = {}
+            for ifindex in sorted(dirty):
+                try:
+                    links[ifindex] = await self.rtnl.call(read_link, ifindex)
+                except (NetlinkError, OSError) as err:
+                    log.error("ifindex %d: cannot read the link: %s", ifindex, err)
+            if any(link is not None and ifindex not in self.ports.links for ifindex, link in links.items()):
+                # new ports: let whatever manages them set them up before hwsflow adds to them
+                await asyncio.sleep(SETTLE)
+            for ifindex, link in links.items():
+                await self.ports.update_link(ifindex, link)
+            self._set_links(self.ports.links)
+
+    async def _handle_heals(self) -> None:
+        now = time.monotonic()
+        due = [ifindex for ifindex, when in self._heal_at.items() if when <= now]
+        if not due:
+            return
+        for ifindex in due:
+            del self._heal_at[ifindex]
+        async with self._lock:
+            for ifindex in due:
+                await self.ports.heal(ifindex)
+
+    # ---------------------------------------------------------------- reload
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    async def _do_reload(self) -> None:
+        """Apply a changed config file: only what changed is touched; an invalid file changes nothing."""
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self._reload_config()
+        finally:
+            notify("READY=1")
+
+    async def _reload_config(self) -> None:
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as err:
+            log.error("reload: %s; the running config stays in effect", err)
+            return
+        old = self.config
+        changed = global_changes(old, new)
+        async with self._lock:
+            try:  # collector names are resolved again at every reload
+                await self._open_output(new)
+            except AgentError as err:
+                log.error("reload: %s; the running config stays in effect", err)
+                return
+            if "rcvbuf" in changed and self.psample is not None:
+                self.psample.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, new.rcvbuf)
+            if "control_socket" in changed:
+                log.warning("reload: control_socket changes take effect at the next restart; still %s",
+                            old.control_socket)
+            if "group_base" in changed:
+                for ifindex in list(self.ports.ports):  # every group moves: start the ports afresh
+                    await self.ports.unwatch(ifindex)
+                self.groups.base = new.group_base
+            self.config = new
+            self.ports.config = new
+            self.ports.overrides.clear()  # runtime changes last until the next reload
+            links = await self.rtnl.call(read_links)
+            self._set_links(links)
+            await self.ports.reconcile(links)
+        log.info("reloaded %s%s", new.path, f" (changed: {', '.join(changed)})" if changed else "")
+
+    # ---------------------------------------------------------------- control socket
+
+    async def _handle(self, request: Request) -> bytes:
+        try:
+            if isinstance(request, Status):
+                return ok_reply(status=self.status())
+            async with self._lock:
+                if isinstance(request, Enable):
+                    port = await self.ports.enable(request)
+                    log.info("runtime change: port %s enabled at 1-in-%d %s", request.port,
+                             port.plan.settings.sampling, port.plan.settings.direction)
+                    return ok_reply(message=f"port {request.port}: sampling 1-in-{port.plan.settings.sampling} "
+                                            f"{port.plan.settings.direction} (runtime change, until reload)")
+                if isinstance(request, Disable):
+                    await self.ports.disable(request)
+                    log.info("runtime change: port %s disabled", request.port)
+                    return ok_reply(message=f"port {request.port}: no longer sampled (runtime change, until reload)")
+        except RequestError as err:
+            return error_reply(str(err))
+        return error_reply("unsupported request")
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stats = self.pipeline.stats if self.pipeline is not None else None
+        ports = []
+        for row in self.ports.status_rows():
+            source = self.groups.sources.get(row["ifindex"])
+            row.update(
+                samples_per_s=round(self.rates.rate(row["ifindex"]), 1),
+                samples=source.samples if source else 0,
+                drops=source.drops if source else 0,
+                pool=source.pool & 0xFFFFFFFF if source else 0,
+                last_sample_age_s=self.rates.age(row["ifindex"], now),
+            )
+            ports.append(row)
+        return {
+            "agent": {
+                "version": __version__, "pid": os.getpid(), "uptime_s": round(now - self._started, 1),
+                "address": self.address, "config": self.config.path,
+                "psample": "joined" if self.psample is not None else "waiting for the psample module",
+                "enobufs": self.psample.enobufs if self.psample is not None else 0,
+                "kernel_drops": self.psample.kernel_drops() if self.psample is not None else None,
+                "samples": stats.samples if stats else 0,
+                "foreign": stats.foreign if stats else 0,
+                "malformed": stats.malformed if stats else 0,
+            },
+            "ports": ports,
+            "disabled": sorted(name for name, settings in self.ports.overrides.items() if settings is None),
+            "collectors": [
+                {"target": c.target, "sent": c.sent, "errors": c.errors, "last_error": c.last_error}
+                for c in self.collectors.collectors
+            ],
+        }
+
+    # ---------------------------------------------------------------- life cycle
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             notify("READY=1")
-            poller = asyncio.create_task(self._poll_ports())
-            await self._flush_periodically()
-            await poller
+            tasks = [asyncio.create_task(self._poll_ports()), asyncio.create_task(self._maintain())]
+            await self._tick()
+            await asyncio.gather(*tasks)
         finally:
             notify("STOPPING=1")
             await self.shutdown()
 
     async def shutdown(self) -> None:
         """Flush what is pending, then remove hwsflow's filters unless the config keeps them."""
+        loop = asyncio.get_running_loop()
+        if self._events is not None:
+            loop.remove_reader(self._events.fileno())
+            self._events.close()
         if self.psample is not None:
-            asyncio.get_running_loop().remove_reader(self.psample.fileno())
+            loop.remove_reader(self.psample.fileno())
             self._on_readable()  # samples already queued in the socket still count
             self._send_finished(flush=True)
             self.psample.close()
         if not self.config.keep_filters:
-            for port in list(self.ports.values()):
-                await self._unwatch(port)
+            async with self._lock:
+                for ifindex in list(self.ports.ports):
+                    await self.ports.unwatch(ifindex)
+        await self.control.close()
         self.collectors.close()
         self.rtnl.close()
-
-    async def _unwatch(self, port: WatchedPort) -> None:
-        for spec in port.specs:
-            try:
-                await self.rtnl.call(tc.uninstall, spec)
-            except Exception as err:  # keep removing the others: leave as little behind as possible
-                log.error("port %s: cannot remove the %s filter: %s", port.ifname, spec.direction, err)
-            self.groups.release(spec.ifindex, spec.direction)
-        if port.created_qdisc:
-            await self.rtnl.call(tc.remove_qdisc_if_unused, port.ifindex)
-        self.ports.pop(port.ifindex, None)
-        log.info("port %s: filters removed", port.ifname)
-
-
-def _offload_text(state: tc.FilterState) -> str:
-    if state.in_hw is None:
-        return "offload state unknown"
-    return "in_hw" if state.in_hw else "not_in_hw (software only: only the slow path is sampled)"

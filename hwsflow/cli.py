@@ -1,4 +1,4 @@
-"""Command line: `hwsflow run`, `hwsflow check-config`, `hwsflow decode`, `hwsflow bench`."""
+"""Command line: `hwsflow run`, `check-config`, `enable`, `disable`, `status`, `decode`, `bench`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ import sys
 from hwsflow import __version__
 
 EXIT_CONFIG = 2  # config errors: nothing was touched
+EXIT_NOT_RUNNING = 3  # the control commands found no agent
+DEFAULT_SOCKET = "/run/hwsflow/control.sock"
+
+
+def _ranged(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +36,21 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file without touching the system")
     check.add_argument("file")
+
+    def control(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the agent's control socket ({DEFAULT_SOCKET})")
+        return cmd
+
+    enable = control("enable", "sample a port now (a runtime change: the config file wins at reload)")
+    enable.add_argument("port")
+    enable.add_argument("--rate", type=_ranged(1, 2**32 - 1), required=True, help="sample 1 packet in RATE")
+    enable.add_argument("--direction", choices=("ingress", "egress", "both"))
+    enable.add_argument("--header", type=_ranged(14, 1024), help="bytes of each sampled packet to export")
+    disable = control("disable", "stop sampling a port and remove its filter (until reload)")
+    disable.add_argument("port")
+    status = control("status", "what the running agent samples, sends and loses")
+    status.add_argument("--json", action="store_true", help="the same as one JSON object")
 
     decode = sub.add_parser("decode", help="print sFlow datagrams arriving on a UDP port or stored in a pcap")
     source = decode.add_mutually_exclusive_group(required=True)
@@ -79,6 +108,57 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace, request) -> dict | None:
+    """The agent's reply to request, or None after saying in one line why there is none."""
+    from hwsflow.control_socket import NotRunning, request as send
+    from hwsflow.control import RequestError
+
+    try:
+        return send(args.socket, request)
+    except NotRunning as err:
+        print(f"hwsflow: {err}", file=sys.stderr)
+    except (RequestError, OSError) as err:
+        print(f"hwsflow: {args.socket}: {err}", file=sys.stderr)
+    return None
+
+
+def _cmd_enable(args: argparse.Namespace) -> int:
+    from hwsflow.control import Enable
+    return _answer(args, Enable(args.port, args.rate, args.direction, args.header))
+
+
+def _cmd_disable(args: argparse.Namespace) -> int:
+    from hwsflow.control import Disable
+    return _answer(args, Disable(args.port))
+
+
+def _answer(args: argparse.Namespace, request) -> int:
+    reply = _control(args, request)
+    if reply is None:
+        return EXIT_NOT_RUNNING
+    if not reply["ok"]:
+        print(f"hwsflow: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(reply.get("message", "ok"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from hwsflow.control import Status
+    from hwsflow.status import render
+
+    reply = _control(args, Status())
+    if reply is None:
+        return EXIT_NOT_RUNNING
+    if not reply["ok"]:
+        print(f"hwsflow: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply["status"], indent=1) if args.json else render(reply["status"]), end="\n" if args.json else "")
+    return 0
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     from hwsflow.decode import run_decode
 
@@ -95,8 +175,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "check-config": _cmd_check_config, "decode": _cmd_decode, "bench": _cmd_bench}
+    handlers = {"run": _cmd_run, "check-config": _cmd_check_config, "enable": _cmd_enable, "disable": _cmd_disable,
+                "status": _cmd_status, "decode": _cmd_decode, "bench": _cmd_bench}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hwsflow status | head`: the reader had enough
+        sys.stderr.close()
+        return 0

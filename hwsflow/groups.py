@@ -17,12 +17,16 @@ class GroupTable:
         self.sources: dict[int, DataSource] = {}  # by ifindex
         self._by_port: dict[tuple[int, Direction], int] = {}
 
-    def allocate(self, ifindex: int, direction: Direction) -> int:
-        """The group for (ifindex, direction): the one it has, or the lowest free id from base."""
+    def allocate(self, ifindex: int, direction: Direction, wanted: int | None = None) -> int:
+        """The group for (ifindex, direction): wanted if given and free, else the one it has, else the
+        lowest free id from base.  wanted serves receive-only groups and filters adopted after a restart."""
         key = (ifindex, direction)
+        taken = {group for port, group in self._by_port.items() if port != key}
+        if wanted is not None and wanted not in taken:
+            self._by_port[key] = wanted
+            return wanted
         if key in self._by_port:
             return self._by_port[key]
-        taken = set(self._by_port.values())
         group = self.base
         while group in taken:
             group += 1
@@ -31,11 +35,21 @@ class GroupTable:
         self._by_port[key] = group
         return group
 
-    def bind(self, ifindex: int, ifname: str, direction: Direction, rate: int, header: int) -> GroupBinding:
-        """Allocate the group for (port, direction) and route its samples to the port's data source."""
+    def bind(self, ifindex: int, ifname: str, direction: Direction, rate: int, header: int,
+             wanted: int | None = None) -> GroupBinding:
+        """Allocate the group for (port, direction) and route its samples to the port's data source.
+
+        Binding a bound (port, direction) again replaces its binding; the port's data source, with
+        its sequence numbers and pool, stays.
+        """
         source = self.sources.setdefault(ifindex, DataSource(ifindex, ifname))
-        binding = GroupBinding(self.allocate(ifindex, direction), direction, rate, header, source)
-        self.by_group[binding.group] = binding
+        source.ifname = ifname
+        old = self._by_port.get((ifindex, direction))
+        group = self.allocate(ifindex, direction, wanted)
+        if old is not None and old != group:
+            self.by_group.pop(old, None)
+        binding = GroupBinding(group, direction, rate, header, source)
+        self.by_group[group] = binding
         return binding
 
     def release(self, ifindex: int, direction: Direction) -> GroupBinding | None:

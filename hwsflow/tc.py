@@ -85,6 +85,7 @@ class FilterState:
     cookie: bytes
     in_hw: bool | None  # None: the kernel reported neither IN_HW nor NOT_IN_HW
     packets: int  # packets that reached the sample action (software + hardware)
+    skip: int = 0  # the SKIP_SW / SKIP_HW flags it was installed with
 
     @property
     def ours(self) -> bool:
@@ -187,6 +188,7 @@ def parse_filter(msg: TcMsg, direction: Direction) -> FilterState | None:
         cookie=action.get_attr("TCA_ACT_COOKIE") or b"",
         in_hw=in_hw,
         packets=_action_packets(action),
+        skip=flags & (tc_nla.TCA_CLS_FLAGS_SKIP_SW | tc_nla.TCA_CLS_FLAGS_SKIP_HW),
     )
 
 
@@ -212,7 +214,7 @@ def _port_error(ifname: str, what: str, err: NetlinkError) -> TcError:
     if err.code == errno.ENOENT and "classifier" in str(reason).lower():
         hint = " (is the cls_matchall module available? try `modprobe cls_matchall act_sample`)"
     text = f"port {ifname}: {what}: {reason} (errno {err.code}){hint}"
-    return TcError(text if detail is None else f"{text}, {detail}")
+    return TcError(f"{text}, {detail}" if detail else text)
 
 
 def find_clsact_kind(ipr: IPRoute, ifindex: int) -> str | None:
@@ -247,6 +249,10 @@ def ensure_qdisc(ipr: IPRoute, ifindex: int, ifname: str, direction: Direction) 
 
 def dump_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[FilterState]:
     """Every matchall + sample filter on the port and direction, hwsflow's or not."""
+    if direction == "egress" and find_clsact_kind(ipr, ifindex) != "clsact":
+        # a plain ingress qdisc resolves every parent to its one block: an "egress" dump there
+        # would list the ingress filters, and deleting them as egress ones would remove those
+        return []
     request = _filter_key_msg(ifindex, direction)
     try:
         replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
@@ -278,14 +284,37 @@ def _delete(ipr: IPRoute, state: FilterState) -> None:
             raise
 
 
-def install(ipr: IPRoute, spec: FilterSpec) -> FilterState:
-    """Install (or replace a stale copy of) hwsflow's filter described by spec and read it back.
+def matches(state: FilterState, spec: FilterSpec) -> bool:
+    """Whether an installed filter already is exactly what spec asks for (so it can be kept)."""
+    return (state.ours and state.cookie == spec.cookie and state.priority == spec.priority
+            and state.chain == spec.chain and state.protocol == ETH_P_ALL and state.rate == spec.rate
+            and state.group == spec.group and state.trunc == spec.trunc and state.verdict == TC_ACT_UNSPEC
+            and state.skip == _OFFLOAD_FLAGS[spec.offload])
 
+
+def own_groups(ipr: IPRoute, ifindex: int, direction: Direction) -> list[int]:
+    """Groups of hwsflow's filters already on the port and direction (left by an earlier run)."""
+    return [state.group for state in dump_filters(ipr, ifindex, direction) if state.ours]
+
+
+def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
+    """Make spec's filter the only hwsflow filter on its port and direction: (its state, adopted).
+
+    A filter of ours that already is exactly spec is adopted, so that sampling goes on without a
+    gap (after a restart, a reload, or a reconcile that finds everything in place); any other
+    filter of ours there, whatever its priority, is replaced: hwsflow never stacks filters.
     The port must already have its qdisc: call ensure_qdisc() first.
     """
+    keep: FilterState | None = None
     for state in dump_filters(ipr, spec.ifindex, spec.direction):
-        if state.ours and state.priority == spec.priority and state.chain == spec.chain:
-            _delete(ipr, state)  # ours from an earlier run or with other settings: never stack
+        if not state.ours:
+            continue
+        if keep is None and matches(state, spec):
+            keep = state
+        else:
+            _delete(ipr, state)
+    if keep is not None:
+        return keep, True
     try:
         ipr.nlm_request(build_filter_msg(spec), RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
     except NetlinkError as err:
@@ -293,7 +322,7 @@ def install(ipr: IPRoute, spec: FilterSpec) -> FilterState:
     state = read_filter(ipr, spec)
     if state is None:
         raise TcError(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was added")
-    return state
+    return state, False
 
 
 def _install_error(spec: FilterSpec, err: NetlinkError) -> TcError:
@@ -318,6 +347,14 @@ def uninstall(ipr: IPRoute, spec: FilterSpec) -> bool:
             _delete(ipr, state)
             return True
     return False
+
+
+def remove_own(ipr: IPRoute, ifindex: int, direction: Direction) -> int:
+    """Delete every hwsflow filter on the port and direction (a leftover of an earlier run); how many."""
+    states = [state for state in dump_filters(ipr, ifindex, direction) if state.ours]
+    for state in states:
+        _delete(ipr, state)
+    return len(states)
 
 
 def remove_qdisc_if_unused(ipr: IPRoute, ifindex: int) -> bool:

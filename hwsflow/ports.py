@@ -1,0 +1,286 @@
+"""The watched ports: turning plans (config rules, CLI changes) into tc filters and psample group bindings.
+
+Everything that touches a port's filters goes through PortManager: start-up,
+link events, deletions by other programs (self-healing), `hwsflow enable` and
+`disable`, reloads and shutdown.  The agent serialises these calls; each one
+only touches the ports whose plan changed, so the others keep sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from hwsflow import tc
+from hwsflow.config import Config, LinkInfo, PortSettings
+from hwsflow.control import Disable, Enable, RequestError
+from hwsflow.groups import GroupTable
+from hwsflow.rtnl import RtnlWorker, hosts_of_own_filters
+from hwsflow.selection import PortPlan, changes, enabled_settings, plan_all, plan_port
+
+log = logging.getLogger("hwsflow")
+
+
+@dataclass
+class WatchedPort:
+    """A port hwsflow samples (or tried to), with what it installed there."""
+
+    plan: PortPlan
+    specs: list[tc.FilterSpec] = field(default_factory=list)
+    states: dict[str, tc.FilterState] = field(default_factory=dict)  # by direction, as last read
+    created_qdisc: bool = False
+    error: str | None = None  # why (a direction of) the port is not sampled; retried when its plan changes
+
+    @property
+    def ifname(self) -> str:
+        return self.plan.ifname
+
+
+def offload_text(state: tc.FilterState | None) -> str:
+    if state is None or state.in_hw is None:
+        return "unknown"
+    return "in_hw" if state.in_hw else "not_in_hw"
+
+
+class PortManager:
+    def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable) -> None:
+        self.config = config
+        self.rtnl = rtnl
+        self.groups = groups
+        self.ports: dict[int, WatchedPort] = {}
+        self.links: dict[int, LinkInfo] = {}
+        self.overrides: dict[str, PortSettings | None] = {}  # by name, from the CLI, until reload
+
+    # ------------------------------------------------------------ whole host
+
+    async def reconcile(self, links: dict[int, LinkInfo]) -> None:
+        """Bring every port in line with its plan; ports whose plan is unchanged are not touched."""
+        self.links = links
+        wanted = plan_all(self.config, links, self.overrides)
+        todo = changes({i: p.plan for i, p in self.ports.items()}, wanted)
+        for ifindex in todo.remove:
+            if ifindex in links:
+                await self.unwatch(ifindex)
+            else:
+                self.forget(ifindex)
+        for ifindex in todo.apply:
+            await self.apply(wanted[ifindex])
+
+    async def remove_stale(self) -> None:
+        """Delete hwsflow filters that no watched port accounts for: left by a run that was killed."""
+        mine = {(spec.ifindex, spec.direction) for port in self.ports.values() for spec in port.specs}
+        for ifindex, direction in await self.rtnl.call(hosts_of_own_filters):
+            if (ifindex, direction) in mine:
+                continue
+            removed = await self.rtnl.call(tc.remove_own, ifindex, direction)
+            name = self.links.get(ifindex, LinkInfo(f"ifindex {ifindex}")).ifname
+            log.info("port %s: removed %d %s filter(s) an earlier run left behind", name, removed, direction)
+
+    # ------------------------------------------------------------ one port
+
+    async def update_link(self, ifindex: int, link: LinkInfo | None) -> None:
+        """A link appeared, changed or (None) disappeared."""
+        if link is None:
+            self.links.pop(ifindex, None)
+            if ifindex in self.ports:
+                self.forget(ifindex)
+            return
+        self.links[ifindex] = link
+        plan = plan_port(self.config, ifindex, link, self.overrides)
+        current = self.ports.get(ifindex)
+        if plan is None:
+            if current is not None:
+                await self.unwatch(ifindex)
+        elif current is None or current.plan != plan:
+            await self.apply(plan)
+
+    async def apply(self, plan: PortPlan) -> None:
+        """Make the port sample as plan says, replacing what it had; its data source (sequence numbers,
+        pool) stays when only settings change."""
+        current = self.ports.get(plan.ifindex)
+        port = WatchedPort(plan, created_qdisc=current.created_qdisc if current else False)
+        self.ports[plan.ifindex] = port
+        wanted_directions = set(plan.directions) if plan.receive_group is None else set()
+        for spec in current.specs if current else []:
+            if spec.direction not in wanted_directions:
+                await self._uninstall(port, spec)
+        for direction in ("ingress", "egress"):
+            if direction not in plan.directions:
+                self.groups.release(plan.ifindex, direction)  # type: ignore[arg-type]
+        if plan.receive_group is not None:
+            direction = plan.directions[0]
+            self.groups.release(plan.ifindex, direction)  # type: ignore[arg-type]  # a group of ours goes
+            self.groups.bind(plan.ifindex, plan.ifname, direction, plan.settings.sampling,  # type: ignore[arg-type]
+                             plan.settings.header, wanted=plan.receive_group)
+            log.info("port %s (ifindex %d): receive-only, %s samples of psample group %d", plan.ifname,
+                     plan.ifindex, direction, plan.receive_group)
+            return
+        for direction in plan.directions:
+            await self._install(port, direction)  # type: ignore[arg-type]
+
+    async def _install(self, port: WatchedPort, direction: tc.Direction) -> None:
+        plan, settings = port.plan, port.plan.settings
+        try:
+            # a filter of ours already there (an earlier run was killed) keeps its group: adopted as is
+            previous = await self.rtnl.call(tc.own_groups, plan.ifindex, direction)
+        except (NetlinkError, OSError):
+            previous = []
+        bound = self.groups.get(previous[0]) if previous else None
+        wanted = previous[0] if previous and (bound is None or bound.source.ifindex == plan.ifindex) else None
+        # bound before the filter exists, so not even the first sample is counted as foreign
+        binding = self.groups.bind(plan.ifindex, plan.ifname, direction, settings.sampling, settings.header, wanted)
+        spec = tc.FilterSpec(plan.ifindex, plan.ifname, direction, settings.sampling, binding.group,
+                             settings.header, settings.priority, settings.chain, settings.offload)
+        try:
+            port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, plan.ifindex, plan.ifname, direction)
+            state, adopted = await self.rtnl.call(tc.install, spec)
+        except tc.TcError as err:
+            self._failed(port, direction, str(err))
+            return
+        except (NetlinkError, OSError) as err:  # the port vanished meanwhile, or the kernel said no
+            self._failed(port, direction, f"port {plan.ifname}: cannot install the {direction} filter: {err}")
+            return
+        port.specs.append(spec)
+        port.states[direction] = state
+        binding.sync_tc(state.packets)  # an adopted filter may have counted already
+        log.info("port %s (ifindex %d): %s 1-in-%d, header %d, group %d, priority %d, %s%s%s",
+                 plan.ifname, plan.ifindex, direction, settings.sampling, settings.header, binding.group,
+                 settings.priority, offload_text(state),
+                 " (software only: only the slow path is sampled)" if state.in_hw is False else "",
+                 ", adopted the filter an earlier run left" if adopted else "")
+
+    def _failed(self, port: WatchedPort, direction: tc.Direction, message: str) -> None:
+        log.error("%s", message)
+        port.error = message
+        self.groups.release(port.plan.ifindex, direction)
+
+    async def _uninstall(self, port: WatchedPort, spec: tc.FilterSpec) -> None:
+        try:
+            await self.rtnl.call(tc.uninstall, spec)
+        except Exception as err:  # keep removing the others: leave as little behind as possible
+            log.error("port %s: cannot remove the %s filter: %s", port.ifname, spec.direction, err)
+        self.groups.release(spec.ifindex, spec.direction)
+
+    async def unwatch(self, ifindex: int) -> None:
+        """Stop sampling a port that is still there: remove exactly what hwsflow installed."""
+        port = self.ports.pop(ifindex, None)
+        if port is None:
+            return
+        for spec in port.specs:
+            await self._uninstall(port, spec)
+        for direction in ("ingress", "egress"):
+            self.groups.release(ifindex, direction)  # type: ignore[arg-type]
+        if port.created_qdisc:
+            try:
+                await self.rtnl.call(tc.remove_qdisc_if_unused, ifindex)
+            except (NetlinkError, OSError) as err:
+                log.error("port %s: cannot remove the clsact qdisc hwsflow added: %s", port.ifname, err)
+        log.info("port %s: no longer sampled%s", port.ifname, ", filters removed" if port.specs else "")
+
+    def forget(self, ifindex: int) -> None:
+        """The port disappeared, and its filters with it."""
+        port = self.ports.pop(ifindex, None)
+        for direction in ("ingress", "egress"):
+            self.groups.release(ifindex, direction)  # type: ignore[arg-type]
+        if port is not None:
+            log.info("port %s (ifindex %d) disappeared; it is sampled again if it returns", port.ifname, ifindex)
+
+    async def heal(self, ifindex: int) -> list[str]:
+        """Reinstall what another program deleted on the port (Open vSwitch does at port initialisation)."""
+        port = self.ports.get(ifindex)
+        if port is None:
+            return []
+        healed = []
+        for spec in port.specs:
+            try:
+                state = await self.rtnl.call(tc.read_filter, spec)
+                if state is not None and tc.matches(state, spec):
+                    continue
+                await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
+                state, _ = await self.rtnl.call(tc.install, spec)
+            except (tc.TcError, NetlinkError, OSError) as err:
+                log.error("port %s: cannot reinstall the %s filter: %s", port.ifname, spec.direction, err)
+                continue
+            port.states[spec.direction] = state
+            binding = self.groups.get(spec.group)
+            if binding is not None:
+                binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
+            healed.append(spec.direction)
+            log.warning("port %s: its %s sample filter was deleted by another program; reinstalled",
+                        port.ifname, spec.direction)
+        return healed
+
+    async def sync_pool(self, ifindex: int) -> None:
+        """sample_pool from the packet counters of the port's sample actions: the kernel's count, not a guess."""
+        port = self.ports.get(ifindex)
+        if port is None:
+            return
+        for spec in port.specs:
+            try:
+                state = await self.rtnl.call(tc.read_filter, spec)
+            except (NetlinkError, OSError) as err:
+                log.debug("port %s: cannot read the %s filter: %s", port.ifname, spec.direction, err)
+                continue
+            binding = self.groups.get(spec.group)
+            if state is not None and binding is not None:
+                port.states[spec.direction] = state
+                binding.sync_tc(state.packets)
+        source = self.groups.sources.get(ifindex)
+        if source is not None and port.specs:
+            source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source))
+
+    # ------------------------------------------------------------ the CLI's runtime changes
+
+    def _find(self, name: str) -> tuple[int, LinkInfo]:
+        for ifindex, link in self.links.items():
+            if link.ifname == name:
+                return ifindex, link
+        raise RequestError(f"port {name}: no such interface")
+
+    async def enable(self, request: Enable) -> WatchedPort:
+        ifindex, link = self._find(request.port)
+        previous = self.overrides.get(request.port, ...)
+        self.overrides[request.port] = enabled_settings(self.config, link, request)
+        await self.update_link(ifindex, link)
+        port = self.ports.get(ifindex)
+        if port is None or port.error is not None:
+            # what failed must not linger as a runtime change: go back to what was there
+            if previous is ...:
+                del self.overrides[request.port]
+            else:
+                self.overrides[request.port] = previous  # type: ignore[assignment]
+            message = port.error if port is not None and port.error else f"port {request.port}: not sampled"
+            await self.update_link(ifindex, link)
+            raise RequestError(message)
+        return port
+
+    async def disable(self, request: Disable) -> None:
+        ifindex, link = self._find(request.port)
+        if ifindex not in self.ports:
+            raise RequestError(f"port {request.port}: not sampled, nothing to disable")
+        self.overrides[request.port] = None
+        await self.update_link(ifindex, link)
+
+    # ------------------------------------------------------------ status
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for ifindex, port in sorted(self.ports.items(), key=lambda item: item[1].ifname):
+            plan = port.plan
+            groups = sorted(b.group for b in self.groups.by_group.values() if b.source.ifindex == ifindex)
+            if plan.receive_group is not None:
+                offload = "receive-only"
+            elif not port.states:
+                offload = "failed"
+            else:
+                texts = {offload_text(state) for state in port.states.values()}
+                offload = texts.pop() if len(texts) == 1 else "mixed"
+            rows.append({
+                "port": port.ifname, "ifindex": ifindex, "groups": groups, "rate": plan.settings.sampling,
+                "direction": plan.settings.direction, "offload": offload, "runtime": plan.runtime,
+                "error": port.error,
+            })
+        return rows

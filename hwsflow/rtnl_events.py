@@ -1,0 +1,65 @@
+"""rtnetlink events that matter to hwsflow: links coming and going, tc filters and qdiscs deleted.
+
+A raw NETLINK_ROUTE socket read on the event loop (pyroute2's asyncio sockets
+do not run on uvloop).  parse_events is pure; only the few header fields the
+agent acts on are read, and the agent asks rtnetlink for details when it acts.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 0x1
+RTMGRP_TC = 0x8
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_DELQDISC = 37
+RTM_DELTFILTER = 45
+NLMSG_ERROR, NLMSG_OVERRUN = 2, 4
+EVENT_RCVBUF = 4 << 20  # OVS can churn thousands of flower filters: keep the events, not ENOBUFS
+
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_TCMSG = struct.Struct("=B3xiIII")  # family, ifindex, handle, parent, info
+LINK_EVENTS = frozenset({RTM_NEWLINK, RTM_DELLINK})
+TC_EVENTS = frozenset({RTM_DELQDISC, RTM_DELTFILTER})
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: int  # RTM_NEWLINK, RTM_DELLINK, RTM_DELQDISC or RTM_DELTFILTER
+    ifindex: int
+    parent: int = 0  # tc events: the qdisc's parent or the filter's parent (ingress/egress block)
+    priority: int = 0  # RTM_DELTFILTER: the deleted filter's priority; 0 when a whole chain went
+
+
+def parse_events(buf: bytes | bytearray | memoryview, nbytes: int) -> list[Event]:
+    """The events in one datagram; anything else (new filters, malformed tails) is skipped."""
+    events: list[Event] = []
+    pos = 0
+    while pos + _NLMSG.size <= nbytes:
+        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(buf, pos)
+        if length < _NLMSG.size or pos + length > nbytes:
+            break  # broken framing: nothing after it can be trusted
+        body = pos + _NLMSG.size
+        if kind in LINK_EVENTS and length >= _NLMSG.size + _IFINFO.size:
+            events.append(Event(kind, _IFINFO.unpack_from(buf, body)[2]))
+        elif kind in TC_EVENTS and length >= _NLMSG.size + _TCMSG.size:
+            _family, ifindex, _handle, parent, info = _TCMSG.unpack_from(buf, body)
+            events.append(Event(kind, ifindex, parent, info >> 16))
+        pos += (length + 3) & ~3
+    return events
+
+
+def open_event_socket() -> socket.socket:
+    """A non-blocking socket subscribed to link and tc notifications."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, EVENT_RCVBUF)  # SO_RCVBUFFORCE
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
+    sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
+    return sock

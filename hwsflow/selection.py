@@ -1,0 +1,78 @@
+"""Which ports to sample and how: the config's rules and the CLI's runtime changes over the host's links.
+
+Pure: the agent hands in the links it read from rtnetlink and acts on the
+difference between the plans it gets back and what it has installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+from hwsflow.config import Config, LinkInfo, PortSettings
+from hwsflow.control import Enable
+
+# by interface name: settings `hwsflow enable` gave, or None for `hwsflow disable`
+Overrides = Mapping[str, "PortSettings | None"]
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """What one port should have."""
+
+    ifindex: int
+    ifname: str
+    settings: PortSettings
+    receive_group: int | None = None  # receive-only: map this group to the port, install nothing
+    runtime: bool = False  # set by `hwsflow enable`, not by the config file
+
+    @property
+    def directions(self) -> list[str]:
+        if self.receive_group is not None:
+            return [self.settings.direction]
+        return ["ingress", "egress"] if self.settings.direction == "both" else [self.settings.direction]
+
+
+def enabled_settings(config: Config, link: LinkInfo, request: Enable) -> PortSettings:
+    """A port's settings after `hwsflow enable`: the request's rate, direction and header over what the
+    config would give the port (its rule's offload, priority and chain stay), or over the defaults."""
+    rule = config.rule_for(link)
+    base = rule.settings if rule is not None and rule.group is None else config.defaults
+    return replace(
+        base,
+        sampling=request.rate,
+        direction=request.direction or base.direction,
+        header=request.header or base.header,
+    )
+
+
+def plan_port(config: Config, ifindex: int, link: LinkInfo, overrides: Overrides) -> PortPlan | None:
+    if link.ifname in overrides:
+        settings = overrides[link.ifname]
+        return None if settings is None else PortPlan(ifindex, link.ifname, settings, runtime=True)
+    rule = config.rule_for(link)
+    if rule is None:
+        return None
+    return PortPlan(ifindex, link.ifname, rule.settings, receive_group=rule.group)
+
+
+def plan_all(config: Config, links: Mapping[int, LinkInfo], overrides: Overrides) -> dict[int, PortPlan]:
+    plans = {}
+    for ifindex, link in links.items():
+        plan = plan_port(config, ifindex, link, overrides)
+        if plan is not None:
+            plans[ifindex] = plan
+    return plans
+
+
+@dataclass(frozen=True)
+class Changes:
+    remove: tuple[int, ...]  # ifindexes to stop sampling
+    apply: tuple[int, ...]  # ifindexes to (re)configure: new, or with other settings
+
+
+def changes(current: Mapping[int, PortPlan], wanted: Mapping[int, PortPlan]) -> Changes:
+    """Only ports whose plan differs are touched: the others keep sampling without a gap."""
+    remove = tuple(sorted(i for i in current if i not in wanted))
+    apply = tuple(sorted(i for i, plan in wanted.items() if current.get(i) != plan))
+    return Changes(remove, apply)

@@ -28,6 +28,10 @@ IF_COUNTERS = 1
 ETHERNET_COUNTERS = 2
 PORT_NAME = 1005
 HEADER_PROTOCOL_ETHERNET = 1
+# the sFlow transit delay and queue extension, as host-sflow's src/sflow/sflow.h declares it
+EGRESS_QUEUE = 1036  # extended_egress_queue { unsigned int queue; }
+TRANSIT_DELAY = 1039  # extended_transit { unsigned int delay; } ns, 0xFFFFFFFF when larger
+QUEUE_DEPTH = 1040  # extended_queue { unsigned int depth; } bytes
 
 # version, agent address type (the address itself follows separately)
 _DGRAM_START = struct.Struct("!II")
@@ -54,6 +58,8 @@ _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by len % 4
 _IF_COUNTERS = struct.Struct("!IIIIQIIQIIIIIIQIIIIII")  # tag + length + 88
 _ETHERNET_COUNTERS = struct.Struct("!15I")  # tag + length + 13 counters
 _PORT_NAME_MAX = 255  # string name<255>
+_U32_RECORD = struct.Struct("!III")  # tag, length (4), one unsigned int
+_U32_RECORD_PACK = _U32_RECORD.pack
 
 
 class DatagramBuilder:
@@ -283,3 +289,19 @@ def encode_port_name(name: str) -> bytes:
     raw = name.encode("utf-8")[:_PORT_NAME_MAX].decode("utf-8", "ignore").encode("utf-8")
     pad = _PADS[len(raw) & 3]
     return _U32.pack(PORT_NAME) + _U32.pack(4 + len(raw) + len(pad)) + _U32.pack(len(raw)) + raw + pad
+
+
+def encode_queue_records(out_tc: int | None, occupancy: int | None, latency_ns: int | None) -> tuple[bytes, int]:
+    """Egress queue (0:1036), queue depth (0:1040) and transit delay (0:1039) records, and their count.
+
+    Only what the kernel supplied (not None) is encoded, in psample's attribute order; the 64-bit
+    depth and delay saturate at 0xFFFFFFFF, which the extension defines as "this value or more".
+    """
+    parts = []
+    if out_tc is not None:
+        parts.append(_U32_RECORD_PACK(EGRESS_QUEUE, 4, out_tc & _U32_MASK))
+    if occupancy is not None:
+        parts.append(_U32_RECORD_PACK(QUEUE_DEPTH, 4, occupancy if occupancy < _U32_MASK else _U32_MASK))
+    if latency_ns is not None:
+        parts.append(_U32_RECORD_PACK(TRANSIT_DELAY, 4, latency_ns if latency_ns < _U32_MASK else _U32_MASK))
+    return b"".join(parts), len(parts)

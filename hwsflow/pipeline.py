@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hwsflow import psample
-from hwsflow.encoder import DatagramBuilder
+from hwsflow.encoder import DatagramBuilder, encode_queue_records
 from hwsflow.datasource import GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
@@ -111,15 +111,23 @@ class SamplePipeline:
         return next_pos
 
     def add_sample(self, sample: psample.Sample, uptime_ms: int) -> None:
-        """Export one decoded sample (the general path; same result as the fast path)."""
+        """Export one decoded sample (the general path; same result as the fast path).
+
+        Samples carrying psample's queue metadata come this way: the kernel puts OUT_TC, OUT_TC_OCC
+        and LATENCY between GROUP_SEQ and TIMESTAMP, so they never match the fast layout, and only
+        hardware drivers (mlxsw) supply them, never act_sample's software path.
+        """
         binding = self.groups.by_group.get(sample.group)
         if binding is None:
             self.stats.foreign += 1
             return
-        self._export(binding, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data)
+        # psample's queue metadata (OUT_TC, OUT_TC_OCC, LATENCY), where the driver supplied it
+        extra, extra_count = encode_queue_records(sample.out_tc, sample.out_tc_occ, sample.latency)
+        self._export(binding, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data,
+                     extra, extra_count)
 
     def _export(self, binding: GroupBinding, uptime_ms: int, group_seq: int, rate: int, orig_size: int,
-                iif: int, data: bytes | memoryview) -> None:
+                iif: int, data: bytes | memoryview, extra: bytes = b"", extra_count: int = 0) -> None:
         binding.account(group_seq, rate)
         source = binding.source
         self.stats.samples += 1
@@ -132,6 +140,7 @@ class SamplePipeline:
             source.pool, source.drops, input_if, output_if,
             # a hostile ORIGSIZE near 2**32 must not overflow sFlow's 32-bit frame_length
             orig_size + FCS_LEN if orig_size <= _MAX_ORIG else 0xFFFFFFFF, FCS_LEN, data[: binding.header],
+            extra, extra_count,
         )
 
     def flush(self, uptime_ms: int) -> None:

@@ -85,7 +85,12 @@ SampledHeader = Struct(
     Terminated,
 )
 
-FlowRecord = _tagged({1: SampledHeader})
+# the transit delay and queue extension: one unsigned int each
+EgressQueue = Struct("queue" / Int32ub, Terminated)  # 0:1036, egress queue number
+TransitDelay = Struct("delay" / Int32ub, Terminated)  # 0:1039, ns; 0xFFFFFFFF means that much or more
+QueueDepth = Struct("depth" / Int32ub, Terminated)  # 0:1040, bytes queued ahead of the packet
+
+FlowRecord = _tagged({1: SampledHeader, 1036: EgressQueue, 1039: TransitDelay, 1040: QueueDepth})
 
 # --- counter records ------------------------------------------------------
 
@@ -292,6 +297,11 @@ def _iface(sample: dict[str, Any], side: str) -> str:
     return str(value) if fmt == 0 else f"{fmt}:{value}"
 
 
+# (enterprise, format) -> (label, field, unit) of the one-number queue records
+_QUEUE_RECORDS = {(0, 1036): ("queue", "queue", ""), (0, 1039): ("delay", "delay", "ns"),
+                  (0, 1040): ("depth", "depth", "B")}
+
+
 def _format_flow(s: dict[str, Any]) -> str:
     parts = [
         f"flow{' (expanded)' if s['expanded'] else ''} seq={s['sequence_number']}",
@@ -307,6 +317,9 @@ def _format_flow(s: dict[str, Any]) -> str:
                 f"frame={rec['frame_length']} stripped={rec['stripped']} "
                 f"hdr={rec['header_length']} {preview}{more}"
             )
+        elif (rec["enterprise"], rec["format"]) in _QUEUE_RECORDS:
+            name, key, unit = _QUEUE_RECORDS[(rec["enterprise"], rec["format"])]
+            parts.append(f"{name}={rec[key]}{unit}")
         else:
             parts.append(f"record {rec['enterprise']}:{rec['format']} len={rec['length']}")
     return " ".join(parts)

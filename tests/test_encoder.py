@@ -22,6 +22,7 @@ from hwsflow.encoder import (
     encode_ethernet_counters,
     encode_if_counters,
     encode_port_name,
+    encode_queue_records,
 )
 from hwsflow.sflow_ref import format_datagram, parse_datagram
 
@@ -204,6 +205,54 @@ def test_extra_records_are_appended_and_counted() -> None:
     assert (extended["format"], extended["length"]) == (1001, 16)
     assert extended["data"] == switch[8:]  # unknown to sflow_ref: kept opaque
     assert sample["length"] == 32 + 8 + 80 + len(switch)
+
+
+# --- psample queue metadata: the transit delay and queue extension ------------------
+
+
+def test_queue_records_bytes() -> None:
+    records, count = encode_queue_records(7, 1500, 25_000)
+    assert count == 3
+    assert records == bytes.fromhex(
+        "0000040c 00000004 00000007"  # 0:1036 egress queue 7
+        "00000410 00000004 000005dc"  # 0:1040 queue depth 1500 bytes
+        "0000040f 00000004 000061a8"  # 0:1039 transit delay 25000 ns
+    )
+
+
+@pytest.mark.parametrize("supplied", [(3, None, None), (None, 9, None), (None, None, 11), (None, 9, 11)])
+def test_queue_records_only_for_what_the_kernel_supplied(supplied: tuple) -> None:
+    records, count = encode_queue_records(*supplied)
+    assert count == len(records) // 12 == sum(v is not None for v in supplied)
+
+
+def test_queue_records_saturate_at_32_bits() -> None:
+    records, _ = encode_queue_records(0, 2**40, 2**32)
+    assert records[12:] == bytes.fromhex("00000410 00000004 ffffffff 0000040f 00000004 ffffffff")
+    assert encode_queue_records(None, U32 - 1, None)[0][8:] == (U32 - 1).to_bytes(4, "big")
+    assert encode_queue_records(None, None, None) == (b"", 0)
+
+
+def test_queue_records_decode_in_the_reference_and_in_text() -> None:
+    builder = DatagramBuilder("192.0.2.1")
+    extra, count = encode_queue_records(2, 2**33, 900)
+    builder.add_flow_sample(**flow_args(extra_records=extra, extra_count=count))
+    d = parse_datagram(one_datagram(builder))
+    (sample,) = d["samples"]
+    assert [(r["format"], r["length"]) for r in sample["records"][1:]] == [(1036, 4), (1040, 4), (1039, 4)]
+    assert (sample["records"][1]["queue"], sample["records"][2]["depth"], sample["records"][3]["delay"]) == (
+        2, U32, 900)
+    assert sample["length"] == 32 + 8 + 80 + 36
+    assert "queue=2 depth=4294967295B delay=900ns" in format_datagram(d)
+
+
+def test_queue_record_of_the_wrong_length_is_malformed() -> None:
+    builder = DatagramBuilder("192.0.2.1")
+    # a 1036 record declaring 8 bytes: the reference decoder must refuse it, not read half
+    builder.add_flow_sample(**flow_args(extra_records=bytes.fromhex("0000040c 00000008 00000001 00000002"),
+                                        extra_count=1))
+    with pytest.raises(ValueError, match="records"):
+        parse_datagram(one_datagram(builder))
 
 
 # --- counter samples and records ----------------------------------------------

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwsflow import psample, sflow_ref
+from hwsflow.config import SAMPLE_ROOM
 from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_HDR
@@ -86,6 +87,39 @@ def test_orig_size_at_the_u32_limit_clamps_frame_length():
     assert sample["records"][0]["frame_length"] == 2**32 - 1
 
 
+def test_queue_metadata_becomes_extension_records():
+    msg = psample.build_message(kernel_sample(0, oif=9, out_tc=3, out_tc_occ=2**33, latency=4500), FAMILY)
+    (sample,) = flows(run(make_pipeline(), [msg]))
+    header, queue, depth, delay = sample["records"]
+    assert header["format"] == 1
+    assert (queue["format"], queue["queue"]) == (1036, 3)
+    assert (depth["format"], depth["depth"]) == (1040, 2**32 - 1)  # saturated, as the extension says
+    assert (delay["format"], delay["delay"]) == (1039, 4500)
+
+
+def test_only_supplied_queue_metadata_is_exported():
+    msgs = [psample.build_message(kernel_sample(0), FAMILY),
+            psample.build_message(kernel_sample(1, latency=77), FAMILY),
+            psample.build_message(kernel_sample(2, out_tc=0), FAMILY)]  # queue 0 is a queue, not absence
+    samples = flows(run(make_pipeline(), msgs))
+    assert [[r["format"] for r in s["records"]] for s in samples] == [[1], [1, 1039], [1, 1036]]
+    assert samples[2]["records"][1]["queue"] == 0
+
+
+def test_largest_sample_with_every_queue_record_fits_the_configured_room():
+    """config.SAMPLE_ROOM promises that datagram_size = header + SAMPLE_ROOM holds one whole sample."""
+    header = 1024
+    groups = GroupTable(1000)
+    groups.bind(0xFFFFFFFF, "p0", "egress", 10, header)  # expanded: the largest flow sample form
+    builder = DatagramBuilder("2001:db8::1", max_size=header + SAMPLE_ROOM, expanded=True)
+    pipeline = SamplePipeline(builder, groups, FAMILY)
+    msg = psample.build_message(kernel_sample(0, oif=5, data=bytes(header), orig_size=9000, out_tc=1,
+                                              out_tc_occ=2, latency=3), FAMILY)
+    (sample,) = flows(run(pipeline, [msg]))
+    assert sample["records"][0]["header_length"] == header
+    assert len(sample["records"]) == 4
+
+
 def test_other_groups_are_ignored_and_counted():
     pipeline = make_pipeline()
     run(pipeline, [psample.build_message(kernel_sample(0, group=77), FAMILY)])
@@ -124,6 +158,9 @@ layouts = st.fixed_dictionaries({
     "oif": st.sampled_from([0, 0, 9]), "timestamp": st.sampled_from([None, 1]),
     "cookie": st.sampled_from([None, b"c"]), "data": st.binary(max_size=200),
     "orig_size": st.integers(0, 2**32 - 1),
+    "out_tc": st.sampled_from([None, None, 0, 7]),
+    "out_tc_occ": st.one_of(st.none(), st.none(), st.integers(0, 2**64 - 1)),
+    "latency": st.one_of(st.none(), st.none(), st.integers(0, 2**64 - 1)),
 })
 
 

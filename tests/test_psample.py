@@ -80,6 +80,8 @@ def test_fast_path_takes_the_usual_layout():
     dict(cookie=b"c"),
     dict(probability=True),
     dict(out_tc=1),
+    dict(out_tc_occ=1),
+    dict(latency=1),
     dict(timestamp=None),  # kernels before 5.13
     dict(iif=0),
 ])
@@ -122,6 +124,9 @@ samples = st.builds(
     orig_size=st.integers(0, 2**32 - 1), iif=st.integers(0, 2**16 - 1), oif=st.sampled_from([0, 0, 5]),
     data=st.binary(max_size=300), timestamp=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
     proto=st.one_of(st.none(), st.integers(0, 2**16 - 1)), probability=st.booleans(),
+    out_tc=st.one_of(st.none(), st.integers(0, 2**16 - 1)),
+    out_tc_occ=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    latency=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
 )
 
 

@@ -12,6 +12,7 @@ from hwsflow.encoder import (
     encode_ethernet_counters,
     encode_if_counters,
     encode_port_name,
+    encode_queue_records,
 )
 import sflow_check  # pytest puts tests/ on sys.path (no __init__.py there)
 
@@ -74,6 +75,22 @@ def test_truncated_oversized_header_is_well_formed() -> None:
     builder.add_flow_sample(1, 1, 0, 1, 1, 1, 0, 1, 2, 9000, 4, bytes(range(256)) * 30)
     builder.flush(1)
     sflow_check.cross_check(builder.take())
+
+
+def test_tshark_reads_each_queue_record_kind() -> None:
+    """tshark 4.0 names no field of 0:1036, 0:1039 or 0:1040: it reads their format and length only.
+
+    It also does not step over an undecoded record's body, so a record after one would be misread:
+    each sample here carries one queue record, last; the reference decoder checks the combinations.
+    """
+    builder = DatagramBuilder("192.0.2.1")
+    for i, supplied in enumerate([(5, None, None), (None, 2**40, None), (None, None, 1234)]):
+        extra, count = encode_queue_records(*supplied)
+        builder.add_flow_sample(1, i, 0, 3, 100, 100 * (i + 1), 0, 3, 0, 102, 4, bytes(range(98)), extra, count)
+    builder.flush(1)
+    (view,) = sflow_check.cross_check(builder.take())
+    assert [[(r["format"], r["length"]) for r in s["records"]] for s in view["samples"]] == [
+        [(1, 116), (1036, 4)], [(1, 116), (1040, 4)], [(1, 116), (1039, 4)]]
 
 
 def test_checker_reports_malformed_datagrams() -> None:

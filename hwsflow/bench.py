@@ -30,6 +30,7 @@ from hwsflow.groups import GroupTable
 from hwsflow.netlink import HEADERS_LEN
 from hwsflow.pipeline import SamplePipeline
 from hwsflow.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
+from hwsflow.mmsg import RecvBuffer
 from hwsflow.receive import BATCH, drain
 
 FAMILY_ID = 0x1F  # any id: no kernel family is involved in a unicast replay
@@ -245,7 +246,8 @@ class _Bench:
         ctx = multiprocessing.get_context("spawn")
         self.sock, self.rcvbuf = open_generic_socket(RCVBUF)
         self.inode = os.fstat(self.sock.fileno()).st_ino
-        self.buf = bytearray(1 << 17)  # the agent's RECV_BUFFER
+        self.buf = bytearray(1 << 17)  # the bare loop's buffer: the size of the agent's former RECV_BUFFER
+        self.rbuf = RecvBuffer()  # what the agent reads into
         self.sender, child = ctx.Pipe()
         self.sender_proc = ctx.Process(target=_sender, args=(child, self.sock.getsockname()[0], PORTS), daemon=True)
         self.collector, child2 = ctx.Pipe()
@@ -266,7 +268,7 @@ class _Bench:
         return int((time.monotonic() - self.started) * 1000)
 
     def agent_read(self) -> int:
-        return drain(self.sock, self.buf, self.pipeline, self.collectors, self.uptime_ms())[0]
+        return drain(self.sock, self.rbuf, self.pipeline, self.collectors, self.uptime_ms())[0]
 
     def bare_read(self) -> int:
         return _bare_drain(self.sock, self.buf)
@@ -288,6 +290,7 @@ class _Bench:
         self.collector_proc.join(5)
         self.collectors.close()
         self.sock.close()
+        self.rbuf.close()
 
 
 def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:

@@ -8,7 +8,9 @@ into the encoder's reused buffer; everything else through the general parser.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
+from typing import Sequence
 
 from hwsflow import psample
 from hwsflow.encoder import DatagramBuilder, encode_queue_records
@@ -52,6 +54,11 @@ class SamplePipeline:
 
     def feed(self, buf: bytes | bytearray | memoryview, nbytes: int, uptime_ms: int) -> None:
         """Process every netlink message in buf[:nbytes]."""
+        self.feed_slots(buf, (nbytes,), 0, uptime_ms)
+
+    def feed_slots(self, buf: bytes | bytearray | memoryview | mmap.mmap, lengths: Sequence[int], stride: int,
+                   uptime_ms: int) -> None:
+        """Process what recvmmsg left in buf: slot i starts at i * stride and holds lengths[i] bytes."""
         # Written for speed on purpose: psample.fast_decode's checks inlined (tests hold the two and the
         # general parser identical), locals bound once, and the per-sample work cut to a struct unpack,
         # one slice comparison, the binding's accounting and one pack_into in the builder.
@@ -61,27 +68,31 @@ class SamplePipeline:
         by_group = self.groups.by_group
         family_id = self.family_id
         stats = self.stats
-        pos = messages = 0
-        while pos < nbytes:
-            messages += 1
-            if nbytes - pos >= size:
-                t = unpack(buf, pos)
-                msg_end = pos + t[0]
-                data_len = (t[15] & 0xFFFF) - 4
-                data_start = pos + size
-                if (t[headers] == signature and t[14] == proto_header and t[1] == family_id
-                        and t[2] == _CMD_SAMPLE and t[15] >> 16 == _ATTR_DATA and msg_end <= nbytes
-                        and data_len >= 0 and data_start + ((data_len + 3) & ~3) == msg_end):
-                    pos = (msg_end + 3) & ~3
-                    binding = by_group.get(t[10])
-                    if binding is None:
-                        stats.foreign += 1
-                    else:
-                        keep = binding.header
-                        self._export(binding, uptime_ms, t[12], t[6], t[8], t[4],
-                                     buf[data_start:data_start + (data_len if data_len < keep else keep)])
-                    continue
-            pos = self._feed_general(buf, pos, nbytes, uptime_ms)
+        messages = slot = 0
+        for nbytes in lengths:
+            pos = slot
+            end = slot + nbytes
+            slot += stride
+            while pos < end:
+                messages += 1
+                if end - pos >= size:
+                    t = unpack(buf, pos)
+                    msg_end = pos + t[0]
+                    data_len = (t[15] & 0xFFFF) - 4
+                    data_start = pos + size
+                    if (t[headers] == signature and t[14] == proto_header and t[1] == family_id
+                            and t[2] == _CMD_SAMPLE and t[15] >> 16 == _ATTR_DATA and msg_end <= end
+                            and data_len >= 0 and data_start + ((data_len + 3) & ~3) == msg_end):
+                        pos = (msg_end + 3) & ~3
+                        binding = by_group.get(t[10])
+                        if binding is None:
+                            stats.foreign += 1
+                        else:
+                            keep = binding.header
+                            self._export(binding, uptime_ms, t[12], t[6], t[8], t[4],
+                                         buf[data_start:data_start + (data_len if data_len < keep else keep)])
+                        continue
+                pos = self._feed_general(buf, pos, end, uptime_ms)
         stats.messages += messages
 
     def _feed_general(self, buf: bytes | bytearray | memoryview, pos: int, nbytes: int, uptime_ms: int) -> int:

@@ -1,0 +1,154 @@
+"""The receive loop: recvmmsg into slots (RecvBuffer) must act exactly as one recv per message.
+
+A SOCK_DGRAM socket pair stands in for the netlink socket: recvmmsg and recv
+treat every datagram socket alike, and it needs no root.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hwsflow import psample, sflow_ref
+from hwsflow.mmsg import RecvBuffer
+from hwsflow.netlink import NLMSG_HDR
+from hwsflow.receive import drain
+from test_pipeline import FAMILY, kernel_sample, layouts, make_pipeline
+
+
+class Sink:
+    """Stands in for CollectorSet: keeps what drain sends."""
+
+    def __init__(self) -> None:
+        self.datagrams: list[bytes] = []
+
+    def send(self, datagrams: list[bytes]) -> None:
+        self.datagrams += datagrams
+
+
+@pytest.fixture()
+def pair():
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.setblocking(False)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    yield rx, tx
+    rx.close()
+    tx.close()
+
+
+def drain_all(rx: socket.socket, buf, pipeline, batch: int = 1024) -> tuple[list[bytes], int]:
+    sink = Sink()
+    total = 0
+    while True:
+        read, enobufs = drain(rx, buf, pipeline, sink, 42, batch)
+        assert enobufs == 0
+        total += read
+        if read == 0:
+            break
+    pipeline.flush(42)
+    return sink.datagrams + pipeline.take(), total
+
+
+def through_both(pair, messages: list[bytes], slots: int = 4, slot_size: int = 4096):
+    """(datagrams, stats, messages read) via RecvBuffer, then the same via one recv per message."""
+    rx, tx = pair
+    results = []
+    for buf in (RecvBuffer(slots, slot_size), bytearray(1 << 17)):
+        pipeline = make_pipeline(header=128)
+        for msg in messages:
+            tx.send(msg)
+        datagrams, read = drain_all(rx, buf, pipeline)
+        results.append((datagrams, pipeline.stats, read, pipeline.groups.by_group[1000]))
+        if isinstance(buf, RecvBuffer):
+            buf.close()
+    return results
+
+
+def test_batched_reads_fill_several_calls_and_keep_order(pair):
+    msgs = [psample.build_message(kernel_sample(i), FAMILY) for i in range(11)]  # 3 calls of 4 slots
+    (batched, stats, read, _b), (single, stats1, read1, _b1) = through_both(pair, msgs)
+    assert read == read1 == 11
+    assert batched == single and stats == stats1
+    flows = [s for d in batched for s in sflow_ref.parse_datagram(d)["samples"]]
+    assert [s["sequence_number"] for s in flows] == list(range(1, 12))
+
+
+def test_batch_limit_leaves_the_rest_for_the_next_wakeup(pair):
+    rx, tx = pair
+    for i in range(10):
+        tx.send(psample.build_message(kernel_sample(i), FAMILY))
+    rbuf = RecvBuffer(4, 4096)
+    pipeline = make_pipeline()
+    assert drain(rx, rbuf, pipeline, Sink(), 1, batch=5)[0] == 8  # whole calls: 4 + 4 reach the limit
+    assert drain(rx, rbuf, pipeline, Sink(), 1, batch=5)[0] == 2
+    assert drain(rx, rbuf, pipeline, Sink(), 1, batch=5)[0] == 0
+    assert pipeline.stats.samples == 10
+    rbuf.close()
+
+
+def test_message_longer_than_a_slot_is_counted_malformed_not_misread(pair):
+    big = psample.build_message(kernel_sample(0, data=bytes(6000), orig_size=6000), FAMILY)
+    small = psample.build_message(kernel_sample(1), FAMILY)
+    rx, tx = pair
+    tx.send(big)
+    tx.send(small)
+    rbuf = RecvBuffer(4, 4096)
+    pipeline = make_pipeline()
+    datagrams, read = drain_all(rx, rbuf, pipeline)
+    assert read == 2
+    assert (pipeline.stats.malformed, pipeline.stats.samples) == (1, 1)
+    rbuf.close()
+
+
+def test_socket_errors_other_than_enobufs_reach_the_caller():
+    rbuf = RecvBuffer(2, 4096)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        fd = sock.fileno()
+    with pytest.raises(OSError) as info:
+        rbuf.receive(fd)  # closed descriptor: EBADF
+    assert info.value.errno == 9
+    rbuf.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(layouts, st.integers(0, 3), st.integers(0, 255), st.booleans()), min_size=1,
+                max_size=20))
+def test_batched_and_single_reads_give_identical_results(pair_factory, specs):
+    """Valid and damaged messages, several per datagram at times: the same datagrams, stats and state."""
+    messages = []
+    for i, (spec, damage, value, glued) in enumerate(specs):
+        msg = bytearray(psample.build_message(kernel_sample(i, **spec), FAMILY))
+        if damage:
+            msg[(damage * 37) % len(msg)] = value
+        if damage == 3:
+            msg[NLMSG_HDR.size] = psample.CMD_NEW_GROUP
+        if glued and messages:
+            messages[-1] += bytes(msg)  # two netlink messages in one datagram
+        else:
+            messages.append(bytes(msg))
+    with pair_factory() as pair:
+        (batched, stats, read, b), (single, stats1, read1, b1) = through_both(pair, messages)
+    assert read == read1 == len(messages)
+    assert batched == single
+    assert stats == stats1
+    assert b == b1 and b.source == b1.source
+
+
+@pytest.fixture()
+def pair_factory():
+    """A fresh socket pair per hypothesis example (function fixtures are shared across examples)."""
+
+    class _Pair:
+        def __enter__(self):
+            self.rx, self.tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.rx.setblocking(False)
+            return self.rx, self.tx
+
+        def __exit__(self, *exc):
+            self.rx.close()
+            self.tx.close()
+
+    return _Pair

@@ -3,7 +3,7 @@
 Python's socket module has no recvmmsg.  Each psample sample is its own
 netlink message, so one recv per sample costs a system call and a Python call
 each; recvmmsg fills up to `slots` messages per call.  Message i lands at
-i * stride in `area`; receive() hands back the lengths.  The iovecs and
+i * stride in `area`, one preallocated bytearray; receive() hands back the lengths.  The iovecs and
 mmsghdrs are built once and reused: the kernel rewrites only msg_len (and
 msg_flags / msg_namelen, which we do not read).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import struct
 
@@ -41,19 +40,19 @@ class _MMsgHdr(ctypes.Structure):
 
 
 class RecvBuffer:
-    """Slots for `slots` messages of up to `slot_size` bytes, read with one recvmmsg call.
-
-    The area is an anonymous mapping: pages the kernel never writes into cost no memory, so the
-    resident size follows the messages actually received, not slots * slot_size.
-    """
+    """Slots for `slots` messages of up to `slot_size` bytes, read with one recvmmsg call."""
 
     def __init__(self, slots: int = SLOTS, slot_size: int = SLOT_SIZE) -> None:
         if slots < 1 or slot_size < 4096:
             raise ValueError(f"RecvBuffer needs at least one slot of 4096 bytes, not {slots} of {slot_size}")
         self.slots = slots
         self.stride = slot_size
-        self.area = mmap.mmap(-1, slots * slot_size)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.area))
+        # a bytearray, not an mmap: the pipeline's unpack and slicing run ~7% faster on it, for
+        # slots * slot_size bytes of resident memory (8.9 MB by default)
+        self.area = bytearray(slots * slot_size)
+        # the kernel writes through raw addresses: this export pins the bytearray (no resize can move it)
+        self._pin = (ctypes.c_char * len(self.area)).from_buffer(self.area)
+        base = ctypes.addressof(self._pin)
         self._iov = (_IoVec * slots)(*((base + i * slot_size, slot_size) for i in range(slots)))
         self._hdrs = (_MMsgHdr * slots)()
         for i in range(slots):
@@ -84,6 +83,5 @@ class RecvBuffer:
         raise OSError(code, os.strerror(code))
 
     def close(self) -> None:
-        # the ctypes views export the mapping's buffer; drop them before unmapping
-        del self._iov, self._hdrs, self._hdr_view
-        self.area.close()
+        """Release the pinned area (receive() must not be called afterwards)."""
+        del self._iov, self._hdrs, self._hdr_view, self._pin

@@ -8,12 +8,22 @@ into the encoder's reused buffer; everything else through the general parser.
 
 from __future__ import annotations
 
-import mmap
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
 from hwsflow import psample
-from hwsflow.encoder import DatagramBuilder, encode_queue_records
+from hwsflow.encoder import (
+    _COMPACT_INDEX_MAX,
+    _FLOW_COMPACT,
+    COMPACT_FLOW_PACKERS,
+    FLOW_SAMPLE,
+    MAX_PACKED_HEADER,
+    HEADER_PROTOCOL_ETHERNET,
+    SAMPLED_HEADER,
+    DatagramBuilder,
+    encode_queue_records,
+)
 from hwsflow.datasource import GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
@@ -23,6 +33,11 @@ FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stri
 SOURCE_TYPE_IFINDEX = 0
 _CMD_SAMPLE = psample.CMD_SAMPLE
 _ATTR_DATA = psample.ATTR_DATA
+# the compact flow sample feed_slots packs itself (see DatagramBuilder.add_flow_sample)
+_FLOW_SIZE = _FLOW_COMPACT.size
+_FLOW_SAMPLE, _SAMPLED_HEADER, _ETHERNET = FLOW_SAMPLE, SAMPLED_HEADER, HEADER_PROTOCOL_ETHERNET
+_INGRESS = "ingress"
+_U32 = 0xFFFFFFFF
 
 
 @dataclass(slots=True)
@@ -56,25 +71,32 @@ class SamplePipeline:
         """Process every netlink message in buf[:nbytes]."""
         self.feed_slots(buf, (nbytes,), 0, uptime_ms)
 
-    def feed_slots(self, buf: bytes | bytearray | memoryview | mmap.mmap, lengths: Sequence[int], stride: int,
+    def feed_slots(self, buf: bytes | bytearray | memoryview, lengths: Sequence[int], stride: int,
                    uptime_ms: int) -> None:
         """Process what recvmmsg left in buf: slot i starts at i * stride and holds lengths[i] bytes."""
-        # Written for speed on purpose: psample.fast_decode's checks inlined (tests hold the two and the
-        # general parser identical), locals bound once, and the per-sample work cut to a struct unpack,
-        # one slice comparison, the binding's accounting and one pack_into in the builder.
+        # Written for speed on purpose, every Python operation here costs each sample:
+        # - psample.fast_decode's checks inlined (tests hold the two and the general parser identical);
+        # - GroupBinding.account inlined for the usual case, the next GROUP_SEQ (anything else calls it);
+        # - the usual flow sample (compact, ingress, header fits) packed straight into the builder's open
+        #   datagram, as DatagramBuilder.add_flow_sample would, the builder's position kept in locals;
+        # anything else goes through _export or _feed_general, with the builder's state synced around.
         unpack, size, headers, signature = psample.FAST_UNPACK, psample.FAST_SIZE, psample.FAST_HEADERS, \
             psample.FAST_SIGNATURE
         proto_header = psample.FAST_PROTO
         by_group = self.groups.by_group
         family_id = self.family_id
         stats = self.stats
-        messages = slot = 0
+        builder = self.builder
+        dbuf, dpos, dmax, pending = builder._buf, builder._pos, builder._max, builder.pending
+        room = dmax - builder._header_len  # what one sample may take in an empty datagram
+        compact = not builder._expanded
+        packers = COMPACT_FLOW_PACKERS
+        others = samples = slot = 0  # messages: the samples packed here plus all the others
         for nbytes in lengths:
             pos = slot
             end = slot + nbytes
             slot += stride
             while pos < end:
-                messages += 1
                 if end - pos >= size:
                     t = unpack(buf, pos)
                     msg_end = pos + t[0]
@@ -87,13 +109,59 @@ class SamplePipeline:
                         binding = by_group.get(t[10])
                         if binding is None:
                             stats.foreign += 1
-                        else:
-                            keep = binding.header
+                            others += 1
+                            continue
+                        keep = binding.header
+                        hlen = data_len if data_len < keep else keep
+                        padded = (hlen + 3) & ~3
+                        source = binding.source
+                        ifindex = source.ifindex
+                        if (binding.direction != _INGRESS or not compact or ifindex > _COMPACT_INDEX_MAX
+                                or _FLOW_SIZE + padded > room or padded > MAX_PACKED_HEADER):
+                            builder._pos, builder.pending = dpos, pending
                             self._export(binding, uptime_ms, t[12], t[6], t[8], t[4],
-                                         buf[data_start:data_start + (data_len if data_len < keep else keep)])
+                                         buf[data_start:data_start + hlen])
+                            dpos, pending = builder._pos, builder.pending
+                            others += 1
+                            continue
+                        group_seq, rate = t[12], t[6]
+                        last = binding.last_group_seq
+                        if last is not None and group_seq == ((last + 1) & _U32):
+                            binding.last_group_seq = group_seq
+                            binding.samples += 1
+                            source.samples += 1
+                            source.flow_seq += 1
+                            source.pool += rate
+                        else:
+                            binding.account(group_seq, rate)
+                        sample_size = _FLOW_SIZE + padded
+                        if dpos + sample_size > dmax:
+                            builder._pos, builder.pending = dpos, pending
+                            builder._finish(uptime_ms)
+                            dpos, pending = builder._pos, 0
+                        header = buf[data_start:data_start + hlen]
+                        try:  # counters below 2**32 and an ORIGSIZE not near it need no masks: struct checks
+                            packers[padded >> 2](
+                                dbuf, dpos, _FLOW_SAMPLE, sample_size - 8, source.flow_seq, ifindex, rate,
+                                source.pool, source.drops, ifindex, 0, 1, _SAMPLED_HEADER, 16 + padded, _ETHERNET,
+                                t[8] + FCS_LEN, FCS_LEN, hlen, header)
+                        except struct.error:  # repacks all: sFlow's 32-bit fields wrap, frame_length clamps
+                            orig = t[8]
+                            packers[padded >> 2](
+                                dbuf, dpos, _FLOW_SAMPLE, sample_size - 8, source.flow_seq & _U32, ifindex, rate,
+                                source.pool & _U32, source.drops & _U32, ifindex, 0, 1, _SAMPLED_HEADER, 16 + padded,
+                                _ETHERNET, orig + FCS_LEN if orig <= _MAX_ORIG else _U32, FCS_LEN, hlen, header)
+                        dpos += sample_size
+                        pending += 1
+                        samples += 1
                         continue
+                builder._pos, builder.pending = dpos, pending
                 pos = self._feed_general(buf, pos, end, uptime_ms)
-        stats.messages += messages
+                dpos, pending = builder._pos, builder.pending
+                others += 1
+        builder._pos, builder.pending = dpos, pending
+        stats.messages += samples + others
+        stats.samples += samples
 
     def _feed_general(self, buf: bytes | bytearray | memoryview, pos: int, nbytes: int, uptime_ms: int) -> int:
         """The slow path for one message; returns where the next message starts."""

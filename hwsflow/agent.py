@@ -20,7 +20,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hwsflow import __version__, rtnl_events
+from hwsflow import __version__, rtnl_events, tc
 from hwsflow.collectors import CollectorSet, open_collectors
 from hwsflow.config import Config, ConfigError, LinkInfo, global_changes, load_config
 from hwsflow.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
@@ -29,6 +29,7 @@ from hwsflow.counters import counter_records
 from hwsflow.encoder import DatagramBuilder
 from hwsflow.groups import GroupTable
 from hwsflow.identity import agent_address
+from hwsflow.logs import RateLimiter
 from hwsflow.pipeline import SamplePipeline
 from hwsflow.ports import PortManager
 from hwsflow.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable
@@ -48,6 +49,8 @@ RECONCILE_INTERVAL = 10.0  # s: a full check of links and filters backs the even
 # re-creates the ingress qdisc at port initialisation) time to set it up, so that hwsflow reuses
 # that qdisc instead of creating a clsact that would make the other program's `add ingress` fail
 SETTLE = 0.25
+QDISC_GRACE = 5.0  # s another program has to re-create the qdisc it deleted before hwsflow makes a clsact
+HEAL_POLL = 0.1  # s between looks for that qdisc, besides the RTM_NEWQDISC event
 
 
 class AgentError(Exception):
@@ -59,7 +62,8 @@ class Agent:
         self.config = config
         self.rtnl = RtnlWorker()
         self.groups = GroupTable(config.group_base)
-        self.ports = PortManager(config, self.rtnl, self.groups)
+        self.limiter = RateLimiter()  # warnings that repeat: collectors failing, filters deleted again and again
+        self.ports = PortManager(config, self.rtnl, self.groups, self.limiter)
         self.collectors = CollectorSet()
         self.address = ""
         self.psample: PsampleSocket | None = None
@@ -67,6 +71,7 @@ class Agent:
         self.builder: DatagramBuilder | None = None
         self.control = ControlServer(config.control_socket, self._handle)
         self.rates = RateMeter()
+        self._collector_errors: dict[str, int] = {}
         self._events: socket.socket | None = None
         self._started = time.monotonic()
         self._stop = asyncio.Event()
@@ -74,6 +79,7 @@ class Agent:
         self._lock = asyncio.Lock()  # one port change at a time
         self._dirty_links: set[int] = set()
         self._heal_at: dict[int, float] = {}  # ifindex -> when to check its filters
+        self._qdisc_lost: dict[int, float] = {}  # ifindex -> when another program deleted its qdisc
         self._full_reconcile = False
         self._reload = False
         self._rxbuf = bytearray(RECV_BUFFER)
@@ -112,7 +118,7 @@ class Agent:
         log.info("sampling %d ports through %d psample groups; control socket %s", len(self.groups.sources),
                  len(self.groups.by_group), self.config.control_socket)
         if not psample_ready:
-            await self._wait_psample()
+            self._try_psample()  # installing a sample filter has loaded the module, usually
 
     async def _open_output(self, config: Config) -> None:
         """Agent address, collectors (names resolved now) and the datagram builder, for config."""
@@ -203,6 +209,15 @@ class Agent:
                 pass
             self._send_finished(flush=True)
             self.rates.update(time.monotonic(), {i: s.samples for i, s in self.groups.sources.items()})
+            self._warn_collectors()
+
+    def _warn_collectors(self) -> None:
+        """A collector that fails is said, once a minute at most, never blocking the others."""
+        for collector in self.collectors.collectors:
+            if collector.errors > self._collector_errors.get(collector.target, 0):
+                self.limiter.warn(log, ("collector", collector.target), "collector %s: sending fails (%s); %d errors",
+                                  collector.target, collector.last_error, collector.errors)
+            self._collector_errors[collector.target] = collector.errors
 
     # ---------------------------------------------------------------- counters and pools
 
@@ -271,8 +286,14 @@ class Agent:
         port = self.ports.ports.get(event.ifindex)
         if port is None or not port.specs:
             return  # not a port hwsflow installed anything on
+        if event.kind == rtnl_events.RTM_NEWQDISC:
+            if event.ifindex in self._qdisc_lost:
+                self._heal_at[event.ifindex] = now  # the qdisc is back: reinstall on it at once
+            return
         if event.kind == rtnl_events.RTM_DELTFILTER and event.priority not in (0, *(s.priority for s in port.specs)):
             return  # another program's filter (Open vSwitch's flower rules churn): not ours
+        if event.kind == rtnl_events.RTM_DELQDISC and event.parent == tc.TC_H_INGRESS and not port.created_qdisc:
+            self._qdisc_lost.setdefault(event.ifindex, now)
         self._heal_at.setdefault(event.ifindex, now + SETTLE)
 
     async def _maintain(self) -> None:
@@ -309,7 +330,8 @@ class Agent:
             self._set_links(links)
             await self.ports.reconcile(links)
             for ifindex in list(self.ports.ports):
-                await self.ports.heal(ifindex)
+                if ifindex not in self._qdisc_lost:  # those wait for their qdisc's owner first
+                    await self.ports.heal(ifindex)
 
     async def _handle_links(self) -> None:
         if not self._dirty_links:
@@ -338,7 +360,12 @@ class Agent:
             del self._heal_at[ifindex]
         async with self._lock:
             for ifindex in due:
-                await self.ports.heal(ifindex)
+                lost = self._qdisc_lost.get(ifindex)
+                healed = await self.ports.heal(ifindex, lost is None or now - lost >= QDISC_GRACE)
+                if healed is None:
+                    self._heal_at[ifindex] = now + HEAL_POLL
+                else:
+                    self._qdisc_lost.pop(ifindex, None)
 
     # ---------------------------------------------------------------- reload
 
@@ -452,8 +479,11 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
+            # ready even while psample is missing: the control socket answers and status says so
             notify("READY=1")
             tasks = [asyncio.create_task(self._poll_ports()), asyncio.create_task(self._maintain())]
+            if self.psample is None:
+                tasks.append(asyncio.create_task(self._wait_psample()))
             await self._tick()
             await asyncio.gather(*tasks)
         finally:

@@ -18,6 +18,7 @@ from hwsflow import tc
 from hwsflow.config import Config, LinkInfo, PortSettings
 from hwsflow.control import Disable, Enable, RequestError
 from hwsflow.groups import GroupTable
+from hwsflow.logs import RateLimiter
 from hwsflow.rtnl import RtnlWorker, hosts_of_own_filters
 from hwsflow.selection import PortPlan, changes, enabled_settings, plan_all, plan_port
 
@@ -46,8 +47,9 @@ def offload_text(state: tc.FilterState | None) -> str:
 
 
 class PortManager:
-    def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable) -> None:
+    def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable, limiter: RateLimiter) -> None:
         self.config = config
+        self.limiter = limiter
         self.rtnl = rtnl
         self.groups = groups
         self.ports: dict[int, WatchedPort] = {}
@@ -143,6 +145,8 @@ class PortManager:
         except (NetlinkError, OSError) as err:  # the port vanished meanwhile, or the kernel said no
             self._failed(port, direction, f"port {plan.ifname}: cannot install the {direction} filter: {err}")
             return
+        if adopted and not port.created_qdisc:
+            port.created_qdisc = await self.rtnl.call(tc.holds_only_own, plan.ifindex)
         port.specs.append(spec)
         port.states[direction] = state
         binding.sync_tc(state.packets)  # an adopted filter may have counted already
@@ -188,8 +192,9 @@ class PortManager:
         if port is not None:
             log.info("port %s (ifindex %d) disappeared; it is sampled again if it returns", port.ifname, ifindex)
 
-    async def heal(self, ifindex: int) -> list[str]:
-        """Reinstall what another program deleted on the port (Open vSwitch does at port initialisation)."""
+    async def heal(self, ifindex: int, may_create_qdisc: bool = True) -> list[str] | None:
+        """Reinstall what another program deleted on the port (Open vSwitch does at port initialisation);
+        the directions reinstalled, or None when the qdisc is gone and may not be created yet."""
         port = self.ports.get(ifindex)
         if port is None:
             return []
@@ -199,6 +204,8 @@ class PortManager:
                 state = await self.rtnl.call(tc.read_filter, spec)
                 if state is not None and tc.matches(state, spec):
                     continue
+                if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
+                    return None  # the program that owned the qdisc may be re-creating it: let it
                 await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
                 state, _ = await self.rtnl.call(tc.install, spec)
             except (tc.TcError, NetlinkError, OSError) as err:
@@ -209,8 +216,9 @@ class PortManager:
             if binding is not None:
                 binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
             healed.append(spec.direction)
-            log.warning("port %s: its %s sample filter was deleted by another program; reinstalled",
-                        port.ifname, spec.direction)
+            self.limiter.warn(log, ("healed", port.ifname, spec.direction),
+                              "port %s: its %s sample filter was deleted by another program; reinstalled",
+                              port.ifname, spec.direction)
         return healed
 
     async def sync_pool(self, ifindex: int) -> None:

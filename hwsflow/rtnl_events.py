@@ -1,4 +1,4 @@
-"""rtnetlink events that matter to hwsflow: links coming and going, tc filters and qdiscs deleted.
+"""rtnetlink events that matter to hwsflow: links coming and going, qdiscs and tc filters deleted, qdiscs added.
 
 A raw NETLINK_ROUTE socket read on the event loop (pyroute2's asyncio sockets
 do not run on uvloop).  parse_events is pure; only the few header fields the
@@ -15,7 +15,7 @@ NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTMGRP_TC = 0x8
 RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_DELQDISC = 37
+RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_DELTFILTER = 45
 NLMSG_ERROR, NLMSG_OVERRUN = 2, 4
 EVENT_RCVBUF = 4 << 20  # OVS can churn thousands of flower filters: keep the events, not ENOBUFS
@@ -24,12 +24,12 @@ _NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _TCMSG = struct.Struct("=B3xiIII")  # family, ifindex, handle, parent, info
 LINK_EVENTS = frozenset({RTM_NEWLINK, RTM_DELLINK})
-TC_EVENTS = frozenset({RTM_DELQDISC, RTM_DELTFILTER})
+TC_EVENTS = frozenset({RTM_NEWQDISC, RTM_DELQDISC, RTM_DELTFILTER})
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: int  # RTM_NEWLINK, RTM_DELLINK, RTM_DELQDISC or RTM_DELTFILTER
+    kind: int  # RTM_NEWLINK, RTM_DELLINK, RTM_NEWQDISC, RTM_DELQDISC or RTM_DELTFILTER
     ifindex: int
     parent: int = 0  # tc events: the qdisc's parent or the filter's parent (ingress/egress block)
     priority: int = 0  # RTM_DELTFILTER: the deleted filter's priority; 0 when a whole chain went

@@ -357,14 +357,35 @@ def remove_own(ipr: IPRoute, ifindex: int, direction: Direction) -> int:
     return len(states)
 
 
+def _holds_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[TcMsg]:
+    request = _filter_key_msg(ifindex, direction)
+    replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
+    return [msg for msg in replies if msg["header"]["type"] == RTM_NEWTFILTER]
+
+
+def holds_only_own(ipr: IPRoute, ifindex: int) -> bool:
+    """Whether the port's clsact qdisc holds hwsflow's filters and nothing else: then it is hwsflow's,
+    made by a run that was killed, and goes when hwsflow's filters go."""
+    if find_clsact_kind(ipr, ifindex) != "clsact":
+        return False
+    found = False
+    for direction in FILTER_PARENT:
+        for msg in _holds_filters(ipr, ifindex, direction):  # type: ignore[arg-type]
+            if msg.get_attr("TCA_OPTIONS") is None:
+                continue  # the bare head message the kernel sends before each filter's full one
+            state = parse_filter(msg, direction)  # type: ignore[arg-type]
+            if state is None or not state.ours:
+                return False
+            found = True
+    return found
+
+
 def remove_qdisc_if_unused(ipr: IPRoute, ifindex: int) -> bool:
     """Delete the clsact qdisc hwsflow created, but only while it holds no filter at all."""
     if find_clsact_kind(ipr, ifindex) != "clsact":
         return False
     for direction in FILTER_PARENT:
-        request = _filter_key_msg(ifindex, direction)  # type: ignore[arg-type]
-        replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
-        if any(msg["header"]["type"] == RTM_NEWTFILTER for msg in replies):
+        if _holds_filters(ipr, ifindex, direction):  # type: ignore[arg-type]
             return False
     try:
         ipr.tc("del", "clsact", index=ifindex)

@@ -110,8 +110,12 @@ class Collector:
             return any(needle in d for d in self.datagrams[which][start:])
 
     def stop(self) -> dict[str, list[str]]:
+        """Stop receiving and free the ports for the next scenario's collector."""
         self.running = False
         self.thread.join()
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
         return {k: [d.hex() for d in v] for k, v in self.datagrams.items()}
 
 
@@ -143,17 +147,31 @@ class AgentProcess:
         self.started = time.monotonic()
 
     def wait_ready(self) -> float:
+        """Seconds from the start until the agent said READY=1."""
+        self.wait_notify("READY=1")
+        return time.monotonic() - self.started
+
+    def wait_notify(self, state: str) -> float:
+        """Wait for the agent to send state (e.g. READY=1 after a reload) to its NOTIFY_SOCKET; seconds waited."""
+        start = time.monotonic()
         self.notify.settimeout(0.5)  # a poll interval: the deadline is READY_DEADLINE
-        while time.monotonic() - self.started < READY_DEADLINE:
+        while time.monotonic() - start < READY_DEADLINE:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}; log:\n{self.log_path.read_text()}")
             try:
                 message = self.notify.recv(4096).decode()
             except socket.timeout:
                 continue
-            if "READY=1" in message.split("\n"):
-                return time.monotonic() - self.started
-        raise TimeoutError(f"no READY=1 within {READY_DEADLINE:.0f} s; log:\n{self.log_path.read_text()}")
+            if state in message.split("\n"):
+                return time.monotonic() - start
+        raise TimeoutError(f"no {state} within {READY_DEADLINE:.0f} s; log:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the agent gets no chance to clean up."""
+        self.proc.kill()
+        self.proc.wait(STOP_DEADLINE)
+        self.log.close()
+        self.notify.close()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -1,6 +1,6 @@
 """Guest side of the VM tests: run every kernel scenario in one boot and record what happened.
 
-    python tests/vm/scenarios.py RWDIR
+    python tests/vm/scenarios.py RWDIR [MODULE...]
 
 It only does what needs the real kernel: ports in namespaces, foreign filters,
 traffic, the real `hwsflow run`, and capture at collectors.  It writes
@@ -129,12 +129,17 @@ SCENARIOS = [scenario_pipeline, scenario_refusals, scenario_config_error]
 MODULES = ("tests.vm.scenarios_accounting", "tests.vm.scenarios_operations")
 
 
-def all_scenarios() -> list:
-    """This module's scenarios, then each scenario module's, in a fixed order."""
+def all_scenarios(only: list[str]) -> list:
+    """This module's scenarios, then each scenario module's, in a fixed order.
+
+    `only` (module names such as "scenarios_operations") narrows a development run; empty means all.
+    """
     import importlib
 
-    found = list(SCENARIOS)
+    found = list(SCENARIOS) if not only or "scenarios" in only else []
     for name in MODULES:
+        if only and name.rsplit(".", 1)[1] not in only:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -145,14 +150,14 @@ def all_scenarios() -> list:
     return found
 
 
-def main(rwdir: Path) -> int:
+def main(rwdir: Path, only: list[str]) -> int:
     out: dict = {"kernel": os.uname().release, "errors": []}
     t0 = time.monotonic()
     try:
         setup_ports()
         out["ifindex"] = {name: ifindex(name) for name in PORTS}
         out["counts"] = {str(k): v for k, v in COUNTS.items()}
-        for scenario in all_scenarios():
+        for scenario in all_scenarios(only):
             try:
                 scenario(rwdir, out)
             except Exception as err:  # record and go on: one boot serves every scenario
@@ -165,4 +170,4 @@ def main(rwdir: Path) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(sys.argv[1])))
+    raise SystemExit(main(Path(sys.argv[1]), sys.argv[2:]))

@@ -21,7 +21,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hwsflow import __version__, rtnl_events, tc
-from hwsflow.collectors import CollectorSet, open_collectors
+from hwsflow.collectors import CollectorSet, collector_set, resolve
 from hwsflow.config import Config, ConfigError, LinkInfo, global_changes, load_config
 from hwsflow.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
 from hwsflow.control_socket import AlreadyRunning, ControlServer
@@ -81,6 +81,7 @@ class Agent:
         self._heal_at: dict[int, float] = {}  # ifindex -> when to check its filters
         self._qdisc_lost: dict[int, float] = {}  # ifindex -> when another program deleted its qdisc
         self._full_reconcile = False
+        self._resolving: asyncio.Task | None = None
         self._reload = False
         self._rxbuf = bytearray(RECV_BUFFER)
         self._evbuf = bytearray(1 << 16)
@@ -123,12 +124,11 @@ class Agent:
     async def _open_output(self, config: Config) -> None:
         """Agent address, collectors (names resolved now) and the datagram builder, for config."""
         address = str(agent_address(config.agent, await self.rtnl.call(addresses)))
-        collectors, errors = open_collectors([(t.host, t.port) for t in config.targets])
-        for line in errors:
-            log.error("%s", line)
-        if not collectors.collectors:
-            collectors.close()
-            raise AgentError("no collector could be resolved; nothing to send samples to")
+        targets = [(t.host, t.port) for t in config.targets]
+        collectors = collector_set(targets, await self._resolve(targets))
+        for collector in collectors.unresolved():
+            log.error("collector %s: %s; the others get every datagram, and this name is tried again every %.0f s",
+                      collector.target, collector.last_error, RECONCILE_INTERVAL)
         builder = DatagramBuilder(address, config.sub_agent_id, config.datagram_size, config.expanded)
         if self.builder is not None:
             self._send_finished(flush=True)
@@ -137,13 +137,35 @@ class Agent:
         for new in collectors.collectors:  # a collector kept across a reload keeps its counts
             for old in self.collectors.collectors:
                 if old.target == new.target:
-                    new.sent, new.errors, new.last_error = old.sent, old.errors, old.last_error
+                    new.sent, new.errors = old.sent, old.errors
+                    if new.sock is not None:  # else why it waits now says more than an old send error
+                        new.last_error = old.last_error
         self.collectors.close()
         self.collectors, self.builder, self.address = collectors, builder, address
         if self.pipeline is not None:
             self.pipeline.builder = builder
         log.info("agent address %s, sub-agent %d, collectors %s", address, config.sub_agent_id,
                  ", ".join(c.target for c in collectors.collectors))
+
+    async def _resolve(self, targets: list[tuple[str, int]]) -> list:
+        """Resolve names in threads: a slow DNS server must not stall the samples on the event loop."""
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(None, resolve, h, p) for h, p in targets)))
+
+    async def _retry_unresolved(self) -> None:
+        collectors = self.collectors
+        waiting = collectors.unresolved()
+        if not waiting:
+            return
+        answers = await self._resolve([(c.host, c.port) for c in waiting])
+        if collectors is not self.collectors:
+            return  # a reload replaced them meanwhile, with names resolved afresh
+        for collector, answer in zip(waiting, answers):
+            if collectors.resolved(collector, answer):
+                log.info("collector %s: resolved to %s; sending to it now", collector.target, collector.sockaddr[0])
+            else:
+                self.limiter.warn(log, ("unresolved", collector.target), "collector %s: %s",
+                                  collector.target, collector.last_error)
 
     def _try_psample(self) -> bool:
         """Join psample's "packets" group now; False (logged once) when the module is absent."""
@@ -317,6 +339,8 @@ class Agent:
                 self._full_reconcile = False
                 next_full = now + RECONCILE_INTERVAL
                 await self._reconcile_all()
+                if self._resolving is None or self._resolving.done():  # a slow DNS must not hold up heals
+                    self._resolving = asyncio.create_task(self._retry_unresolved())
             await self._handle_links()
             await self._handle_heals()
 
@@ -493,6 +517,8 @@ class Agent:
     async def shutdown(self) -> None:
         """Flush what is pending, then remove hwsflow's filters unless the config keeps them."""
         loop = asyncio.get_running_loop()
+        if self._resolving is not None:
+            self._resolving.cancel()
         if self._events is not None:
             loop.remove_reader(self._events.fileno())
             self._events.close()

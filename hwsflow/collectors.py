@@ -2,6 +2,7 @@
 
 A collector that is unreachable or refuses never blocks or slows the others:
 every send is a non-blocking sendto whose failure is counted, not retried.
+A name that does not resolve leaves its collector waiting, not the others.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ from dataclasses import dataclass, field
 SEND_BUFFER = 4 << 20  # bursts of datagrams must not fail for lack of socket buffer
 
 
-class CollectorError(Exception):
-    """A collector's address could not be resolved."""
-
-
 @dataclass(slots=True)
 class Collector:
     target: str  # as configured, for status and logs
-    sockaddr: tuple
-    family: int
+    host: str
+    port: int
+    sockaddr: tuple | None = None  # None until the name resolves and a socket is connected to it
+    # connected, so that an ICMP port unreachable comes back as ECONNREFUSED on this collector's next send
+    sock: socket.socket | None = None
     sent: int = 0
     errors: int = 0
     last_error: str = ""
@@ -30,53 +30,84 @@ class Collector:
 @dataclass
 class CollectorSet:
     collectors: list[Collector] = field(default_factory=list)
-    _sockets: dict[int, socket.socket] = field(default_factory=dict)
 
     def send(self, datagrams: list[bytes]) -> None:
         for collector in self.collectors:
-            sendto = self._sockets[collector.family].sendto
-            address = collector.sockaddr
+            sock = collector.sock
+            if sock is None:
+                continue  # not resolved yet: retried at each reconcile
+            send = sock.send
             for datagram in datagrams:
                 try:
-                    sendto(datagram, address)
+                    send(datagram)
                     collector.sent += 1
                 except OSError as err:  # ECONNREFUSED from an earlier ICMP, EAGAIN, ENETUNREACH...
                     collector.errors += 1
                     collector.last_error = errno.errorcode.get(err.errno or 0, str(err))
 
-    def close(self) -> None:
-        for sock in self._sockets.values():
+    def unresolved(self) -> list[Collector]:
+        return [c for c in self.collectors if c.sock is None]
+
+    def resolved(self, collector: Collector, answer: Answer) -> bool:
+        """Apply a resolver answer to one collector; whether it can be sent to now."""
+        if isinstance(answer, str):
+            collector.last_error = answer
+            return False
+        family, sockaddr = answer
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            sock.connect(sockaddr)
+        except OSError as err:  # no route to it yet: tried again like an unresolved name
             sock.close()
-        self._sockets.clear()
+            collector.last_error = f"{NOT_CONNECTED} connect to {sockaddr[0]}: {err.strerror or err}"
+            return False
+        if collector.sock is not None:
+            collector.sock.close()
+        collector.sock, collector.sockaddr = sock, sockaddr
+        if collector.last_error.startswith(NOT_CONNECTED):
+            collector.last_error = ""
+        return True
+
+    def close(self) -> None:
+        for collector in self.collectors:
+            if collector.sock is not None:
+                collector.sock.close()
+                collector.sock = None
+
+
+NOT_CONNECTED = "cannot"  # starts the error of a collector that has no socket yet, which connecting clears
+UNRESOLVED = NOT_CONNECTED + " resolve"
+Answer = tuple[int, tuple] | str  # (family, sockaddr), or why the name did not resolve
 
 
 def format_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def resolve(host: str, port: int) -> tuple[int, tuple]:
-    """(family, sockaddr) of a collector; names are resolved now, at start or reload."""
+def resolve(host: str, port: int) -> Answer:
+    """(family, sockaddr) of a collector, or the error text; blocking, so the agent runs it in a thread."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
-    except socket.gaierror as err:
-        raise CollectorError(f"collector {format_target(host, port)}: cannot resolve {host!r}: {err.strerror}") from None
+    except (socket.gaierror, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, socket.gaierror) else str(err)
+        return f"{UNRESOLVED} {host!r}: {reason}"
     family, _type, _proto, _name, sockaddr = infos[0]
     return family, sockaddr
 
 
-def open_collectors(targets: list[tuple[str, int]]) -> tuple[CollectorSet, list[str]]:
-    """Sockets for every resolvable target, and one error line for each that is not."""
+def collector_set(targets: list[tuple[str, int]], answers: list[Answer]) -> CollectorSet:
+    """Every target, in order, with a socket for each that resolved; the others wait, unresolved."""
     result = CollectorSet()
-    errors: list[str] = []
-    for host, port in targets:
-        try:
-            family, sockaddr = resolve(host, port)
-        except CollectorError as err:
-            errors.append(str(err))
-            continue
-        if family not in result._sockets:
-            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            result._sockets[family] = sock
-        result.collectors.append(Collector(format_target(host, port), sockaddr, family))
-    return result, errors
+    for (host, port), answer in zip(targets, answers, strict=True):
+        collector = Collector(format_target(host, port), host, port)
+        result.collectors.append(collector)
+        result.resolved(collector, answer)
+    return result
+
+
+def open_collectors(targets: list[tuple[str, int]]) -> tuple[CollectorSet, list[str]]:
+    """collector_set with names resolved here, blocking (for tools, not the agent's event loop),
+    and one error line per name that did not resolve."""
+    result = collector_set(targets, [resolve(host, port) for host, port in targets])
+    return result, [f"collector {c.target}: {c.last_error}" for c in result.unresolved()]

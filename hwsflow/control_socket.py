@@ -71,8 +71,11 @@ class ControlServer:
             os.close(fd)
             raise AlreadyRunning(f"another hwsflow (pid {holder}) is running: it holds {self.lock_path}; "
                                  "two agents would fight over the same filters") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full /run: the pid is only a courtesy to whoever finds the lock taken
+            pass
         self._lock_fd = fd
 
     async def start(self) -> None:

@@ -50,8 +50,10 @@ Request = Union[Status, Enable, Disable]
 
 def is_ifname(text: str) -> bool:
     """What the kernel accepts as an interface name."""
-    return 0 < len(text.encode()) < IFNAMSIZ and text not in (".", "..") and not any(
-        c in "/:" or c.isspace() or not c.isprintable() for c in text)
+    # characters first: a lone surrogate (JSON's "\ud800") is not printable, and encode() would raise on it
+    if not text or text in (".", "..") or any(c in "/:" or c.isspace() or not c.isprintable() for c in text):
+        return False
+    return len(text.encode()) < IFNAMSIZ
 
 
 def _port(obj: dict) -> str:
@@ -70,8 +72,13 @@ def _int(obj: dict, key: str, lo: int, hi: int, required: bool) -> int | None:
     return value
 
 
+def _shown(text: str) -> str:
+    """A client's string as an error quotes it: escaped unless printable, so the reply stays one clean line."""
+    return text if text.isprintable() else repr(text)
+
+
 def _check_keys(obj: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(str(k) for k in obj if k not in allowed)
+    unknown = sorted(_shown(k) for k in obj if k not in allowed)
     if unknown:
         raise RequestError(f"unknown field(s) for `{obj['cmd']}`: {', '.join(unknown)}"[:200])
 

@@ -29,6 +29,8 @@ SAMPLE_ROOM = 200  # datagram header + flow sample + record headers, beyond the 
 IFNAMSIZ = 16  # the kernel's limit, NUL included
 MAX_SWITCH_ID = 32  # bytes: the kernel's MAX_PHYS_ITEM_ID_LEN
 SUN_PATH = 108  # bytes of sockaddr_un.sun_path, NUL included
+# bytes of a config file: tens of thousands of port rules fit, and parsing stays within seconds (3-4 s a MiB)
+MAX_FILE = 1 << 20
 
 
 class ConfigError(Exception):
@@ -191,6 +193,11 @@ _FILTER_ONLY_KEYS = ("offload", "priority", "chain")
 _ONE_WAY: tuple[Direction, ...] = ("ingress", "egress")
 
 
+# characters of a value or of YAML's own complaint an error repeats: enough to recognise it, never a flood
+_QUOTE_MAX = 60
+_REASON_MAX = 160
+
+
 class _Invalid(Exception):
     """A check failed; the checks do not know the file name, parse_config adds it."""
 
@@ -246,7 +253,17 @@ def _line_column(text: str, position: int) -> tuple[int, int]:
 
 
 def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return _cut(line, _REASON_MAX)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _quoted(text: str) -> str:
+    """How an error quotes a string from the file: escaped, and cut so a huge value cannot flood the line."""
+    return repr(_cut(text, _QUOTE_MAX))
 
 
 def _reject_duplicate_keys(node: yaml.Node, where: str, seen: set[int]) -> None:
@@ -281,7 +298,7 @@ def _join(prefix: str, name: str) -> str:
 def _key_text(key: object) -> str:
     """A key as it goes into a key path: as written when it is plain text."""
     text = str(key)
-    return text if text.isprintable() and text else repr(key)
+    return _cut(text, _QUOTE_MAX) if text.isprintable() and text else _quoted(text)
 
 
 def _describe(value: object) -> str:
@@ -295,7 +312,7 @@ def _describe(value: object) -> str:
     if isinstance(value, float):
         return f"the number {value}"
     if isinstance(value, str):
-        shown = repr(value if len(value) <= 40 else value[:40] + "...")
+        shown = _quoted(value)
         if re.fullmatch(r"\s*[-+]?[0-9][0-9_]*\s*", value, re.ASCII):
             return f"the string {shown} (a quoted number: remove the quotes)"
         return f"the string {shown}"
@@ -383,7 +400,7 @@ def _agent(value: object) -> str | None:
     except ValueError:
         pass
     if _looks_like_ipv4(text) or not _is_ifname(text):  # 192.0.2.300 is a typo, not an interface
-        raise _Invalid("agent", f"{text!r} is neither an IP address nor an interface name "
+        raise _Invalid("agent", f"{_quoted(text)} is neither an IP address nor an interface name "
                                 "(1 to 15 characters, no '/', ':' or whitespace)")
     return text
 
@@ -393,7 +410,7 @@ def _target(key: str, value: object) -> Target:
     try:
         return _parse_target(text)
     except ValueError as err:
-        raise _Invalid(key, f"{text!r}: {err}") from None
+        raise _Invalid(key, f"{_quoted(text)}: {err}") from None
 
 
 def _parse_target(text: str) -> Target:
@@ -404,7 +421,7 @@ def _parse_target(text: str) -> Target:
         try:
             host = str(ipaddress.IPv6Address(address))
         except ValueError:
-            raise ValueError(f"{address!r} in brackets is not an IPv6 address") from None
+            raise ValueError(f"{_quoted(address)} in brackets is not an IPv6 address") from None
         if rest and not rest.startswith(":"):
             raise ValueError("expected ':port' after ']'")
         return Target(host, _port_number(rest[1:]) if rest else DEFAULT_COLLECTOR_PORT)
@@ -443,7 +460,7 @@ def _targets(value: object) -> tuple[Target, ...]:
     for index, item in enumerate(_non_empty_list("targets", value, 'collectors ("host:port")')):
         target = _target(f"targets[{index}]", item)
         if target in targets:  # the collector would receive and count every datagram twice
-            raise _Invalid(f"targets[{index}]", f"{item!r} repeats targets[{targets.index(target)}]")
+            raise _Invalid(f"targets[{index}]", f"{_quoted(item)} repeats targets[{targets.index(target)}]")
         targets.append(target)
     return tuple(targets)
 
@@ -462,14 +479,14 @@ def _port_settings(mapping: dict, prefix: str, base: PortSettings) -> PortSettin
 def _ifname(key: str, value: object) -> str:
     name = _text(key, value, "an interface name")
     if not _is_ifname(name):
-        raise _Invalid(key, f"{name!r} is not an interface name (1 to 15 characters, no '/', ':' or whitespace)")
+        raise _Invalid(key, f"{_quoted(name)} is not an interface name (1 to 15 characters, no '/', ':' or whitespace)")
     return name
 
 
 def _glob(key: str, value: object, example: str, what: str) -> str:
     text = _text(key, value, f'a glob such as "{example}"')
     if not text or not text.isprintable() or any(c == "/" or c.isspace() for c in text):
-        raise _Invalid(key, f"{text!r} can match no {what}")
+        raise _Invalid(key, f"{_quoted(text)} can match no {what}")
     return text
 
 
@@ -486,10 +503,10 @@ def _switch_id(key: str, value: object) -> str:
     parts = value.lower().split(":")
     digits = "".join(parts)
     if (len(parts) > 1 and any(len(part) != 2 for part in parts)) or not _HEX_BYTES.fullmatch(digits):
-        raise _Invalid(key, f"{value!r} is not a switch id: pairs of hex digits as /sys/class/net/PORT/"
+        raise _Invalid(key, f"{_quoted(value)} is not a switch id: pairs of hex digits as /sys/class/net/PORT/"
                             "phys_switch_id shows them, such as '00154d1234' (or '00:15:4d:12:34')")
     if len(digits) // 2 > MAX_SWITCH_ID:
-        raise _Invalid(key, f"{value!r} is {len(digits) // 2} bytes long; a switch id has at most {MAX_SWITCH_ID}")
+        raise _Invalid(key, f"{_quoted(value)} is {len(digits) // 2} bytes long; a switch id has at most {MAX_SWITCH_ID}")
     return digits
 
 
@@ -554,8 +571,8 @@ def _ports(value: object, defaults: PortSettings) -> tuple[PortRule, ...]:
 def _repeated_selectors(key: str, selectors: tuple[tuple[str, object], ...], earlier: int) -> _Invalid:
     if len(selectors) == 1:
         (selector, text), = selectors
-        return _Invalid(f"{key}.{selector}", f"{text!r} is already given in ports[{earlier}]")
-    given = " and ".join(f"{selector} {text!r}" for selector, text in selectors)
+        return _Invalid(f"{key}.{selector}", f"{_quoted(str(text))} is already given in ports[{earlier}]")
+    given = " and ".join(f"{selector} {_quoted(str(text))}" for selector, text in selectors)
     return _Invalid(key, f"{given} are already given together in ports[{earlier}]")
 
 
@@ -580,11 +597,11 @@ def _control_socket(value: object) -> str:
     key = "control_socket"
     path = _text(key, value, "an absolute path")
     if not path.isprintable():
-        raise _Invalid(key, f"{path!r} contains a control character (NUL, newline, ...)")
+        raise _Invalid(key, f"{_quoted(path)} contains a control character (NUL, newline, ...)")
     if not path.startswith("/"):
-        raise _Invalid(key, f"{path!r} is not an absolute path (it must start with '/')")
+        raise _Invalid(key, f"{_quoted(path)} is not an absolute path (it must start with '/')")
     if path.endswith("/"):
-        raise _Invalid(key, f"{path!r} names a directory; give the socket's own path, such as "
+        raise _Invalid(key, f"{_quoted(path)} names a directory; give the socket's own path, such as "
                             "/run/hwsflow/control.sock")
     size = len(path.encode(errors="surrogatepass"))
     if size >= SUN_PATH:
@@ -651,9 +668,12 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_FILE + 1)  # bounded: a path to /dev/zero or a huge log must not eat the memory
     except OSError as err:
         raise ConfigError(path, "-", f"cannot read the file: {err.strerror or err}") from None
+    if len(data) > MAX_FILE:
+        raise ConfigError(path, "-", f"larger than {MAX_FILE} bytes, far beyond any hwsflow config: is this the "
+                                     "right file?")
     try:
         text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
     except UnicodeDecodeError as err:

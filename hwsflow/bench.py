@@ -3,9 +3,16 @@
 A sender process unicasts kernel-layout psample messages to a netlink socket
 opened like the agent's (root may unicast to any netlink port id, so the host
 needs no psample module); this process reads them with the agent's own
-receive.drain (recv_into -> SamplePipeline.feed -> take -> CollectorSet.send)
-and a third process drains the UDP collector.  The ceiling is the same socket
-read by a bare recv_into-and-discard loop.
+receive.drain (recvmmsg -> SamplePipeline.feed_slots -> take -> CollectorSet.send)
+and a third process drains the UDP collector.
+
+What each figure is:
+- samples_per_s: the full path while the sender runs at full speed (it shares the two cores);
+- ceiling_per_s: the same socket read by a bare recv_into-and-discard loop, one message per system
+  call: what the issue defines as the ceiling of a plain Python receiver;
+- ceiling_recvmmsg_per_s: a bare recvmmsg-and-discard loop, as the agent reads; it outruns a single
+  Python sender, so it mostly measures the sender (its receiver CPU share says so);
+- queue_drain_per_s: the full path emptying a prefilled socket with no sender running, one core's worth.
 """
 
 from __future__ import annotations
@@ -100,7 +107,10 @@ def templates(family_id: int = FAMILY_ID, ports: int = PORTS) -> list[bytearray]
 
 
 def _sender(conn: Connection, port_id: int, ports: int) -> None:
-    """Answer ("send", count, rate, stream) with (sent, refused, seconds); rate 0 means as fast as possible."""
+    """Answer ("send", count, rate, stream) with (sent, refused, seconds); rate 0 means as fast as possible.
+
+    ("fill", 0, 0, stream) sends until the receiver's socket is full, and answers the same way.
+    """
     msgs = templates(FAMILY_ID, ports)
     # GROUP_SEQ per stream: the agent's runs must see no gap where the bare loop's messages went
     seqs = {"agent": [0] * len(msgs), "bare": [0] * len(msgs)}
@@ -110,8 +120,26 @@ def _sender(conn: Connection, port_id: int, ports: int) -> None:
             command = conn.recv()
             if command is None:
                 return
-            _verb, count, rate, stream = command
-            conn.send(_send(sock, (port_id, 0), msgs, seqs[stream], count, rate))
+            verb, count, rate, stream = command
+            if verb == "fill":
+                conn.send(_fill(sock, (port_id, 0), msgs, seqs[stream]))
+            else:
+                conn.send(_send(sock, (port_id, 0), msgs, seqs[stream], count, rate))
+
+
+def _fill(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray], seqs: list[int]) -> tuple[int, int, float]:
+    """Queue messages until the socket refuses one; the refused one takes back its GROUP_SEQ (no gap)."""
+    sent, n, start = 0, len(msgs), time.monotonic()
+    while True:
+        g = sent % n
+        seqs[g] += 1
+        _SEQ.pack_into(msgs[g], SEQ_OFFSET, seqs[g] & 0xFFFFFFFF)
+        try:
+            sock.sendto(msgs[g], socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            seqs[g] -= 1
+            return sent, 0, time.monotonic() - start
+        sent += 1
 
 
 def _send(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray], seqs: list[int],
@@ -183,6 +211,33 @@ def _bare_drain(sock: socket.socket, buf: bytearray) -> int:
     return read
 
 
+def _bare_drain_batched(sock: socket.socket, rbuf: RecvBuffer) -> int:
+    """The ceiling with recvmmsg: read and discard, many messages per call."""
+    receive, fd = rbuf.receive, sock.fileno()
+    read = 0
+    while read < BATCH:
+        lengths = receive(fd)
+        read += len(lengths)
+        if len(lengths) < rbuf.slots:
+            break
+    return read
+
+
+class RssSampler:
+    """VmRSS every `interval` seconds of a run, to show whether memory stays flat over it."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.samples_mb: list[float] = [_status_mb("VmRSS")]
+        self._next = time.monotonic() + interval
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self.samples_mb.append(_status_mb("VmRSS"))
+            self._next = now + self.interval
+
+
 @dataclass
 class RunResult:
     processed: int
@@ -192,8 +247,12 @@ class RunResult:
     cpu_seconds: float
 
 
-def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some: Callable[[], int]) -> RunResult:
-    """Start the sender, read until it is done and the socket is empty, as the agent's event loop would."""
+def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some: Callable[[], int],
+             tick: Callable[[], None] | None = None) -> RunResult:
+    """Start the sender, read until it is done and the socket is empty, as the agent's event loop would.
+
+    tick, if given, runs once per wakeup (the RSS sampler of the paced run).
+    """
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(sender.fileno(), select.POLLIN)
@@ -208,6 +267,8 @@ def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some:
                 reply = sender.recv()
         read = read_some()
         processed += read
+        if tick is not None:
+            tick()
         # every send completed before the reply: an empty socket now means all is read
         if reply is not None and read < BATCH:
             break
@@ -273,8 +334,28 @@ class _Bench:
     def bare_read(self) -> int:
         return _bare_drain(self.sock, self.buf)
 
-    def run(self, count: int, rate: int, agent: bool) -> RunResult:
-        return _receive(self.sock, self.sender, ("send", count, rate, "agent" if agent else "bare"), self.agent_read if agent else self.bare_read)
+    def bare_batched_read(self) -> int:
+        return _bare_drain_batched(self.sock, self.rbuf)
+
+    def run(self, count: int, rate: int, agent: bool, tick: Callable[[], None] | None = None) -> RunResult:
+        return _receive(self.sock, self.sender, ("send", count, rate, "agent" if agent else "bare"),
+                        self.agent_read if agent else self.bare_read, tick)
+
+    def run_bare_batched(self, count: int) -> RunResult:
+        return _receive(self.sock, self.sender, ("send", count, 0, "bare"), self.bare_batched_read)
+
+    def drain_full_queue(self, read_some: Callable[[], int]) -> RunResult:
+        """Let the sender fill the socket, then time read_some emptying it: no sender competes for a core."""
+        self.sender.send(("fill", 0, 0, "agent" if read_some == self.agent_read else "bare"))
+        sent, refused, _seconds = self.sender.recv()
+        processed = 0
+        cpu0, t0 = time.process_time(), time.monotonic()
+        while processed < sent:
+            read = read_some()
+            processed += read
+            if read == 0 and processed < sent:
+                raise RuntimeError(f"the socket emptied after {processed} of the {sent} messages queued")
+        return RunResult(processed, sent, refused, time.monotonic() - t0, time.process_time() - cpu0)
 
     def collected(self) -> tuple[int, int, list[bytes]]:
         """Flush the open datagram, then the collector's totals once it has read everything."""
@@ -302,13 +383,21 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         bench.run(min(options.samples, 20_000), 0, agent=True)  # warm-up: imports, caches, first datagrams
         full: list[RunResult] = []
         bare: list[RunResult] = []
-        for _ in range(options.runs):  # interleaved, so both see the same machine state
+        bare_batched: list[RunResult] = []
+        queue: list[RunResult] = []
+        queue_bare: list[RunResult] = []
+        queue_bare_batched: list[RunResult] = []
+        for _ in range(options.runs):  # interleaved, so all see the same machine state
             bare.append(bench.run(options.samples, 0, agent=False))
+            bare_batched.append(bench.run_bare_batched(options.samples))
             full.append(bench.run(options.samples, 0, agent=True))
+            queue.append(bench.drain_full_queue(bench.agent_read))
+            queue_bare.append(bench.drain_full_queue(bench.bare_read))
+            queue_bare_batched.append(bench.drain_full_queue(bench.bare_batched_read))
         drops_before = kernel_drops(bench.inode) or 0
-        rss_start = _status_mb("VmRSS")
-        paced = bench.run(int(options.offered * options.duration), options.offered, agent=True)
-        rss_end = _status_mb("VmRSS")
+        rss = RssSampler(max(1.0, options.duration / 12))
+        paced = bench.run(int(options.offered * options.duration), options.offered, agent=True, tick=rss)
+        rss_start, rss_end = rss.samples_mb[0], _status_mb("VmRSS")
         peak_rss = _status_mb("VmHWM")
         kdrops = (kernel_drops(bench.inode) or 0) - drops_before
         datagrams, collected, kept = bench.collected()
@@ -317,6 +406,9 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         bench.close()
     samples_per_s = statistics.median(r.processed / r.seconds for r in full)
     ceiling_per_s = statistics.median(r.processed / r.seconds for r in bare)
+    queue_cpu = statistics.median(r.cpu_seconds / r.processed for r in queue)
+    queue_per_s = statistics.median(r.processed / r.seconds for r in queue)
+    queue_bare_per_s = statistics.median(r.processed / r.seconds for r in queue_bare)
     report = {
         "samples_per_s": round(samples_per_s),
         "ceiling_per_s": round(ceiling_per_s),
@@ -327,15 +419,32 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "peak_rss_mb": round(peak_rss, 1),
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
+        "rss_growth_mb": round(rss_end - rss_start, 1),
+        "rss_during_paced_mb": [round(v, 1) for v in rss.samples_mb],
+        # the same socket read by a bare recvmmsg-and-discard loop (RecvBuffer, as the agent reads)
+        "ceiling_recvmmsg_per_s": round(statistics.median(r.processed / r.seconds for r in bare_batched)),
+        # the socket filled first, then emptied by the agent's path with no sender running: what one core
+        # carries when nothing else competes for the machine
+        "queue_drain_per_s": round(queue_per_s),
+        # the same prefilled socket emptied by the bare loops: the ceilings with no sender running
+        "queue_drain_ceiling_per_s": round(queue_bare_per_s),
+        "queue_drain_ratio": round(queue_per_s / queue_bare_per_s, 3),
+        "queue_drain_recvmmsg_per_s": round(statistics.median(r.processed / r.seconds for r in queue_bare_batched)),
+        "queue_drain_cpu_us_per_sample": round(queue_cpu * 1e6, 3),
+        "queue_drain_messages": round(statistics.median(r.processed for r in queue)),
         "runs": options.runs,
         "samples": options.samples,
         "full_runs_per_s": [round(r.processed / r.seconds) for r in full],
         "ceiling_runs_per_s": [round(r.processed / r.seconds) for r in bare],
         # below ~1, the receiver waited on the sender: the ceiling is then the sender's rate
         "ceiling_receiver_cpu_share": round(statistics.median(r.cpu_seconds / r.seconds for r in bare), 2),
+        "ceiling_recvmmsg_receiver_cpu_share": round(
+            statistics.median(r.cpu_seconds / r.seconds for r in bare_batched), 2),
         "full_receiver_cpu_share": round(statistics.median(r.cpu_seconds / r.seconds for r in full), 2),
         "full_sent": sum(r.sent for r in full),
         "full_processed": sum(r.processed for r in full),
+        "queue_sent": sum(r.sent for r in queue),
+        "queue_processed": sum(r.processed for r in queue),
         "paced": {"duration_s": options.duration, "sent": paced.sent, "processed": paced.processed,
                   "refused_by_kernel": paced.refused, "kernel_drops": kdrops,
                   "achieved_per_s": round(paced.sent / paced.seconds)},
@@ -356,13 +465,21 @@ def format_report(r: dict[str, Any]) -> str:
         f"{', '.join(f'{v:,}' for v in r['full_runs_per_s'])})",
         f"ceiling:     {r['ceiling_per_s']:>9,} messages/s (bare recv_into loop, same socket; receiver busy "
         f"{r['ceiling_receiver_cpu_share']:.0%} of the time, full path {r['full_receiver_cpu_share']:.0%})",
-        f"ratio:       {r['ratio']:.3f}",
-        f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver)",
+        f"ratio:       {r['ratio']:.3f}  (full path / ceiling)",
+        f"recvmmsg:    {r['ceiling_recvmmsg_per_s']:>9,} messages/s (bare recvmmsg loop, same socket, as the agent "
+        f"reads: bounded by the one Python sender)",
+        f"one core:    {r['queue_drain_per_s']:>9,} samples/s  (full path emptying a prefilled socket, no sender "
+        f"running: {r['queue_drain_cpu_us_per_sample']:.2f} us CPU per sample)",
+        f"  ceilings:  {r['queue_drain_ceiling_per_s']:>9,} messages/s bare recv_into, ratio "
+        f"{r['queue_drain_ratio']:.3f}; {r['queue_drain_recvmmsg_per_s']:,} messages/s bare recvmmsg "
+        f"(same prefilled socket)",
+        f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver, full-speed runs)",
         f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "
         f"{p['processed']:,}, lost {r['lost']:,} (refused {p['refused_by_kernel']:,}, "
         f"kernel drops {p['kernel_drops']:,})",
         f"memory:      peak RSS {r['peak_rss_mb']} MB; RSS {r['rss_start_mb']} MB -> {r['rss_end_mb']} MB "
-        f"over the paced run",
+        f"over the paced run ({r['rss_growth_mb']:+} MB; sampled: "
+        f"{', '.join(str(v) for v in r['rss_during_paced_mb'])})",
         f"collector:   {r['collector']['datagrams']:,} datagrams, {r['collector']['samples']:,} samples",
     ])
 

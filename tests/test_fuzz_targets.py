@@ -1,0 +1,51 @@
+"""The atheris targets run briefly in every test run, so they cannot rot; the runner reports what they find.
+
+Longer runs: `python -m fuzz.run TARGET --seconds N` (see fuzz/run.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fuzz import run
+
+# inputs per target: thousands, within seconds (the config target parses YAML, ~700 inputs/s)
+BRIEF_RUNS = {"psample": 3000, "control": 3000, "config": 2000}
+
+
+@pytest.mark.parametrize("target", sorted(run.TARGETS))
+def test_each_target_runs_thousands_of_inputs_without_a_crash(target, tmp_path):
+    result = run.run(target, runs=BRIEF_RUNS[target], work=tmp_path)
+    log = (tmp_path / "last-run.log").read_text(errors="replace")
+    assert not result.crashed, f"{result.summary()}\n{log[-4000:]}"
+    assert result.runs >= BRIEF_RUNS[target], log[-2000:]
+    assert "INITED" in log  # libFuzzer ran the seed corpus through the target first
+    assert any((tmp_path / "corpus").iterdir())
+
+
+BROKEN = """
+import time
+
+def one_input(data):
+    if data.startswith(b"boom"):
+        raise ValueError("the kind of exception a parser must never let escape")
+    if data.startswith(b"hang"):
+        while True:
+            time.sleep(0.01)
+
+def seeds():
+    return [SEED]
+"""
+
+
+@pytest.mark.parametrize("seed, kind", [(b"boom", "crash-"), (b"hang", "timeout-")])
+def test_the_runner_reports_a_crash_or_a_hang_with_its_input(tmp_path, monkeypatch, seed, kind):
+    module = f"broken_{seed.decode()}"  # a name of its own: the runner imports it here for seeds()
+    (tmp_path / f"{module}.py").write_text(BROKEN.replace("SEED", repr(seed)))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the fuzzer's process
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run.run(module, runs=100, work=tmp_path / "work", timeout=1)
+    assert result.crashed
+    (artifact,) = result.artifacts
+    assert kind in artifact and open(artifact, "rb").read() == seed
+    assert "CRASH" in result.summary()

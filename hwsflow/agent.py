@@ -72,6 +72,7 @@ class Agent:
         self.control = ControlServer(config.control_socket, self._handle)
         self.rates = RateMeter()
         self._collector_errors: dict[str, int] = {}
+        self.internal_errors = 0  # psample batches lost to a bug in decoding: should stay 0
         self._events: socket.socket | None = None
         self._started = time.monotonic()
         self._stop = asyncio.Event()
@@ -169,6 +170,8 @@ class Agent:
 
     def _try_psample(self) -> bool:
         """Join psample's "packets" group now; False (logged once) when the module is absent."""
+        if self.psample is not None:
+            return True
         try:
             self.psample = PsampleSocket(self.config.rcvbuf)
         except PsampleUnavailable as err:
@@ -208,7 +211,12 @@ class Agent:
         try:
             _read, enobufs = drain(psample.sock, self._rxbuf, pipeline, self.collectors, self.uptime_ms(), BATCH)
         except OSError as err:  # not ENOBUFS (drain counts those): say it, keep the loop alive
-            log.error("psample socket: %s", err)
+            self.limiter.warn(log, "psample socket", "psample socket: %s", err)
+            return
+        except Exception as err:  # noqa: BLE001 - a decoder bug must cost one batch, not the agent
+            self.internal_errors += 1
+            self.limiter.warn(log, "decode bug", "psample batch dropped by an internal error (%s: %s); "
+                              "%d so far", type(err).__name__, err, self.internal_errors)
             return
         psample.enobufs += enobufs
 
@@ -343,6 +351,8 @@ class Agent:
                     self._resolving = asyncio.create_task(self._retry_unresolved())
             await self._handle_links()
             await self._handle_heals()
+            if self.psample is None and self.groups.by_group:
+                self._try_psample()  # a filter just installed has loaded the module: listen at once
 
     async def _reconcile_all(self) -> None:
         async with self._lock:
@@ -445,6 +455,7 @@ class Agent:
             async with self._lock:
                 if isinstance(request, Enable):
                     port = await self.ports.enable(request)
+                    self._try_psample()  # the first filter may just have loaded the module
                     log.info("runtime change: port %s enabled at 1-in-%d %s", request.port,
                              port.plan.settings.sampling, port.plan.settings.direction)
                     return ok_reply(message=f"port {request.port}: sampling 1-in-{port.plan.settings.sampling} "
@@ -481,6 +492,7 @@ class Agent:
                 "samples": stats.samples if stats else 0,
                 "foreign": stats.foreign if stats else 0,
                 "malformed": stats.malformed if stats else 0,
+                "internal_errors": self.internal_errors,
             },
             "ports": ports,
             "disabled": sorted(name for name, settings in self.ports.overrides.items() if settings is None),

@@ -87,8 +87,10 @@ def render(status: dict) -> str:
         f"psample: {agent['psample']}; socket overruns: {agent['enobufs']} ENOBUFS, "
         f"{agent['kernel_drops'] if agent['kernel_drops'] is not None else '?'} messages dropped by the kernel; "
         f"{agent['foreign']} samples of other groups ignored, {agent['malformed']} malformed",
-        "",
     ]
+    if agent.get("internal_errors"):
+        lines.append(f"internal errors: {agent['internal_errors']} psample batches dropped (a bug: see the log)")
+    lines.append("")
     ports = status["ports"]
     if ports:
         lines += _table(_port_rows(ports))

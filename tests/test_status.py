@@ -38,3 +38,10 @@ def test_render_shows_every_figure_and_explains_not_in_hw_and_runtime_changes():
     assert NOT_IN_HW_NOTE in text and "disabled at runtime (until reload or restart): eth9" in text
     assert "192.0.2.10:6343  5     1       ECONNREFUSED" in text
     assert NOT_IN_HW_NOTE not in render(_status())
+
+
+def test_render_names_internal_errors_only_when_there_are_some():
+    status = _status()
+    assert "internal errors" not in render(status)
+    status["agent"]["internal_errors"] = 2
+    assert "internal errors: 2 psample batches dropped" in render(status)

@@ -108,7 +108,7 @@ def parse_request(data: bytes) -> Request:
     if cmd == "disable":
         _check_keys(obj, ("cmd", "port"))
         return Disable(_port(obj))
-    raise RequestError(f"unknown command {cmd[:40]!r}; known: enable, disable, status")
+    raise RequestError(f"unknown command {cmd[:40]!r}; known: enable, disable, status"[:200])
 
 
 def encode_request(request: Request) -> bytes:

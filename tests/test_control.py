@@ -120,7 +120,10 @@ def _as_user(uid: int, path: Path, data: bytes) -> bytes:
             with socket.socket(socket.AF_UNIX) as sock:
                 sock.settimeout(30)
                 sock.connect(str(path))
-                sock.sendall(data)
+                try:
+                    sock.sendall(data)
+                except BrokenPipeError:
+                    pass  # refused before it sent (the server need not read a non-root request): the reply waits
                 os.write(write_end, sock.recv(4096))
         except BaseException as err:  # noqa: BLE001 - reported to the parent through the pipe
             os.write(write_end, repr(err).encode())

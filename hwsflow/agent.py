@@ -32,7 +32,7 @@ from hwsflow.identity import agent_address
 from hwsflow.logs import RateLimiter
 from hwsflow.pipeline import SamplePipeline
 from hwsflow.ports import PortManager
-from hwsflow.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable
+from hwsflow.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable, kernel_drops
 from hwsflow.receive import BATCH, drain
 from hwsflow.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
 from hwsflow.status import RateMeter
@@ -74,6 +74,8 @@ class Agent:
         self._collector_errors: dict[str, int] = {}
         self.internal_errors = 0  # psample batches lost to a bug in decoding: should stay 0
         self._events: socket.socket | None = None
+        self._events_inode = 0
+        self._events_drops = 0
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # the maintenance task has work: events, a reload
@@ -106,6 +108,8 @@ class Agent:
         psample_ready = self._try_psample()
         # listen to link and tc events before reading the links, so no change falls in between
         self._events = rtnl_events.open_event_socket()
+        self._events_inode = os.fstat(self._events.fileno()).st_ino
+        self._events_drops = kernel_drops(self._events_inode) or 0
         asyncio.get_running_loop().add_reader(self._events.fileno(), self._on_rtnl_event)
         async with self._lock:
             links = await self.rtnl.call(read_links)
@@ -240,6 +244,17 @@ class Agent:
             self._send_finished(flush=True)
             self.rates.update(time.monotonic(), {i: s.samples for i, s in self.groups.sources.items()})
             self._warn_collectors()
+            self._check_lost_events()
+
+    def _check_lost_events(self) -> None:
+        """rtnetlink events the kernel could not queue: whatever they said, a full reconcile finds."""
+        drops = kernel_drops(self._events_inode) if self._events is not None else None
+        if drops is not None and drops > self._events_drops:
+            self.limiter.warn(log, "lost events", "%d rtnetlink events lost; checking every port",
+                              drops - self._events_drops)
+            self._events_drops = drops
+            self._full_reconcile = True
+            self._wake.set()
 
     def _warn_collectors(self) -> None:
         """A collector that fails is said, once a minute at most, never blocking the others."""

@@ -27,11 +27,21 @@ class DataSource:
     drops: int = 0  # samples lost, cumulative
     samples: int = 0  # samples received
     counter_seq: int = 0  # sequence number of the last counter sample sent
+    # how far re-syncs lifted the pool above what samples counted: the packets of samples lost but not
+    # yet seen as a GROUP_SEQ gap are in it, and must not be counted again when the gap shows
+    resync_credit: int = 0
 
     def resync_pool(self, kernel_packets: int) -> None:
         """Catch the pool up with the packets the kernel's sample actions saw; it never goes back."""
         if kernel_packets > self.pool:
+            self.resync_credit += kernel_packets - self.pool
             self.pool = kernel_packets
+
+    def add_lost(self, packets: int) -> None:
+        """The packets that lost samples stood for, less what a re-sync has already counted."""
+        absorbed = min(self.resync_credit, packets)
+        self.resync_credit -= absorbed
+        self.pool += packets - absorbed
 
 
 @dataclass(slots=True)
@@ -64,7 +74,7 @@ class GroupBinding:
             if gap and gap < HALF_U32 and not (group_seq == 0 and last == 0):
                 self.drops += gap
                 source.drops += gap
-                source.pool += gap * rate  # lost samples stood for packets too
+                source.add_lost(gap * rate)  # lost samples stood for packets too
         self.last_group_seq = group_seq
         self.samples += 1
         source.samples += 1

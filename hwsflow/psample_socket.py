@@ -16,6 +16,7 @@ from hwsflow.netlink import Family, NetlinkErrorReply, build_getfamily, parse_fa
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max with it
 PSAMPLE_FAMILY = "psample"
 PACKETS_GROUP = "packets"
@@ -48,11 +49,22 @@ def open_generic_socket(rcvbuf: int) -> tuple[socket.socket, int]:
     """A non-blocking, bound generic-netlink socket and the receive buffer it got."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
     sock.bind((0, 0))
+    no_enobufs(sock)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # capped by rmem_max
     return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def no_enobufs(sock: socket.socket) -> None:
+    """Overruns counted by the kernel (/proc/net/netlink Drops) instead of reported as ENOBUFS.
+
+    An ENOBUFS overrun also marks the socket congested, and the kernel then drops every new message
+    until the reader has emptied the queue; and its socket error (EPOLLERR) makes uvloop stop
+    watching the socket for good, so the agent would never read again.
+    """
+    sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
 
 
 def kernel_drops(inode: int) -> int | None:
@@ -75,7 +87,7 @@ class PsampleSocket:
         # joining "packets" needs CAP_NET_ADMIN since Dec 2023: EPERM here means missing privileges
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, self.family.groups[PACKETS_GROUP])
         self.inode = os.fstat(self.sock.fileno()).st_ino
-        self.enobufs = 0  # times the kernel told us it dropped messages for lack of buffer
+        self.enobufs = 0  # ENOBUFS seen: stays 0 with NETLINK_NO_ENOBUFS, where kernel_drops counts overruns
 
     @property
     def port_id(self) -> int:

@@ -11,6 +11,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from hwsflow.psample_socket import no_enobufs
+
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTMGRP_TC = 0x8
@@ -62,4 +64,5 @@ def open_event_socket() -> socket.socket:
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
     sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
+    no_enobufs(sock)  # lost events show in /proc/net/netlink; the agent then reconciles everything
     return sock

@@ -127,3 +127,18 @@ def test_tc_counter_restart_after_reinstall_keeps_counting():
     s.sync_tc(30)  # the filter was deleted (say by Open vSwitch) and reinstalled
     s.sync_tc(50)
     assert s.tc_total == 150
+
+
+def test_a_loss_already_counted_by_a_resync_is_not_counted_again():
+    # rate 1: 10 samples seen, then 5 lost; the kernel's counter (15 packets) is read before the next
+    # sample reveals the gap, and that sample must bring the pool to 16, not 21
+    source = DataSource(ifindex=7, ifname="eno1")
+    binding = GroupBinding(group=1, direction="ingress", rate=1, header=128, source=source)
+    for seq in range(1, 11):
+        binding.account(seq, 1)
+    source.resync_pool(15)
+    binding.account(16, 1)
+    assert (source.pool, source.drops) == (16, 5)
+    # a later loss that no re-sync saw counts in full
+    binding.account(20, 1)
+    assert (source.pool, source.drops) == (20, 8)

@@ -127,7 +127,8 @@ def _sender(conn: Connection, port_id: int, ports: int) -> None:
                 conn.send(_send(sock, (port_id, 0), msgs, seqs[stream], count, rate))
 
 
-def _fill(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray], seqs: list[int]) -> tuple[int, int, float]:
+def _fill(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray],
+          seqs: list[int]) -> tuple[int, int, float]:
     """Queue messages until the socket refuses one; the refused one takes back its GROUP_SEQ (no gap)."""
     sent, n, start = 0, len(msgs), time.monotonic()
     while True:

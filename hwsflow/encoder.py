@@ -48,11 +48,7 @@ _FLOW_COMPACT = struct.Struct("!16I")
 _FLOW_EXPANDED = struct.Struct("!19I")
 _FLOW_COMPACT_PACK, _FLOW_COMPACT_SIZE = _FLOW_COMPACT.pack_into, _FLOW_COMPACT.size
 _FLOW_EXPANDED_PACK, _FLOW_EXPANDED_SIZE = _FLOW_EXPANDED.pack_into, _FLOW_EXPANDED.size
-# The compact flow sample and its header bytes in one pack, for each padded header length (index: length / 4):
-# "s" copies the bytes and zero-fills the XDR padding.  SamplePipeline.feed_slots packs its usual samples
-# with these, straight into the open datagram (tests hold that byte-identical to add_flow_sample).
-MAX_PACKED_HEADER = 1024  # config's largest header
-COMPACT_FLOW_PACKERS = tuple(struct.Struct(f"!16I{n}s").pack_into for n in range(0, MAX_PACKED_HEADER + 1, 4))
+MAX_PACKED_HEADER = 1024  # config's largest header: SamplePipeline packs up to this many bytes itself
 # counters_sample: tag, length, seq, source_id, nrecords
 _COUNTERS_COMPACT = struct.Struct("!5I")
 # counters_sample_expanded: tag, length, seq, type, index, nrecords
@@ -89,6 +85,7 @@ class DatagramBuilder:
         self._expanded = expanded
         self._buf = bytearray(max_size)
         self._buf[: len(prefix)] = prefix
+        self._view = memoryview(self._buf)  # a finished datagram is one copy out of it (the buffer never resizes)
         self._pos = self._header_len
         self._done: list[bytes] = []
         self.sequence = 1
@@ -217,7 +214,7 @@ class DatagramBuilder:
         _DGRAM_TAIL.pack_into(
             self._buf, self._tail_at, self.sequence, uptime_ms & _U32_MASK, self.pending
         )
-        self._done.append(bytes(self._buf[: self._pos]))
+        self._done.append(self._view[: self._pos].tobytes())
         self.sequence = (self.sequence + 1) & _U32_MASK
         self.pending = 0
         self._pos = self._header_len

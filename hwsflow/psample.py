@@ -155,26 +155,49 @@ def _apply_attr(sample: Sample, attr_type: int, buf, start: int, end: int) -> No
 
 # The layout act_sample emits at ingress since 5.13 (REFERENCE section 1):
 # IIFINDEX, SAMPLE_RATE, ORIGSIZE, SAMPLE_GROUP, GROUP_SEQ, TIMESTAMP, PROTO, DATA.
-# Hot path: one precompiled unpack replaces the attribute loop for this layout.  Fields
-# nobody reads are skipped ("x"), and each attribute header is read as one native u32
-# (nla_len | nla_type << 16), so the fixed headers sit at odd items 3..13 and one slice
-# compares six of them.  Items: 0 nlmsg len, 1 nlmsg type, 2 genl cmd, 4 iif, 6 rate,
-# 8 orig size, 10 group, 12 seq, 14 PROTO's header, 15 DATA's header (its length varies).
-FAST = struct.Struct("=I H 10x B 3x IH2x II II II II I8x I4x I")
-FAST_UNPACK = FAST.unpack_from
-FAST_SIZE = FAST.size
-FAST_HEADERS = slice(3, 14, 2)
-
-
-def _nla(length: int, attr_type: int) -> int:
-    return length | attr_type << 16
-
-
-FAST_SIGNATURE = (
-    _nla(6, ATTR_IIFINDEX), _nla(8, ATTR_SAMPLE_RATE), _nla(8, ATTR_ORIGSIZE), _nla(8, ATTR_SAMPLE_GROUP),
-    _nla(8, ATTR_GROUP_SEQ), _nla(12, ATTR_TIMESTAMP),
+# Hot path: two precompiled unpacks of the same 84 bytes replace the attribute loop for this layout.
+# FAST_CHECK reads only what the layout fixes: the family, the command and every attribute header,
+# each header as two u16 (nla_len, nla_type).  Those are small ints, which CPython keeps as shared
+# objects, so comparing the whole tuple with fast_signature(family) costs a pointer test an item, no
+# allocation.  FAST_VALUES reads the values:
+#   0 nlmsg_len  1 iif  2 rate  3 orig size  4 group  5 seq  6 DATA's nla_len
+FAST_CHECK = struct.Struct("=4x H 10x B 3x HH 4x HH 4x HH 4x HH 4x HH 4x HH 8x HH 4x 2x H")
+FAST_VALUES = struct.Struct("=I 20x H 6x I 4x I 4x I 4x I 20x H 2x")
+FAST_SIZE = FAST_VALUES.size  # where DATA's value starts
+_FIXED_HEADERS = (
+    NLA_HDR.size + 2, ATTR_IIFINDEX, NLA_HDR.size + 4, ATTR_SAMPLE_RATE, NLA_HDR.size + 4, ATTR_ORIGSIZE,
+    NLA_HDR.size + 4, ATTR_SAMPLE_GROUP, NLA_HDR.size + 4, ATTR_GROUP_SEQ, NLA_HDR.size + 8, ATTR_TIMESTAMP,
+    NLA_HDR.size + 2, ATTR_PROTO,
 )
-FAST_PROTO = _nla(6, ATTR_PROTO)
+
+
+def fast_signature(family_id: int) -> tuple[int, ...]:
+    """What FAST_CHECK reads from this family's SAMPLE messages in the usual layout."""
+    return (family_id, CMD_SAMPLE) + _FIXED_HEADERS + (ATTR_DATA,)
+
+
+def slot_structs(stride: int) -> tuple[struct.Struct, struct.Struct]:
+    """FAST_CHECK and FAST_VALUES padded to stride bytes: their iter_unpack reads the head of every
+    recvmmsg slot in turn."""
+    if stride < FAST_SIZE:
+        raise ValueError(f"slot stride {stride} is shorter than the {FAST_SIZE}-byte fast layout")
+    return (struct.Struct(f"{FAST_CHECK.format} {stride - FAST_SIZE}x"),
+            struct.Struct(f"{FAST_VALUES.format} {stride - FAST_SIZE}x"))
+
+
+def _message_lengths() -> tuple[int, ...]:
+    made: dict[int, int] = {}  # each length object made once: ~16k distinct ints, not 64k
+    lengths = []
+    for nla_len in range(1 << 16):
+        length = FAST_SIZE - NLA_HDR.size + ((nla_len + 3) & ~3) if nla_len >= NLA_HDR.size else -1
+        lengths.append(made.setdefault(length, length))
+    return tuple(lengths)
+
+
+# FAST_MSG_LEN[DATA's nla_len]: the length of a message that DATA, the last attribute, ends exactly
+# (padding included), or -1 when nla_len is too short to be an attribute.  One subscript in the hot
+# path replaces three tests.
+FAST_MSG_LEN = _message_lengths()
 
 
 def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, family_id: int):
@@ -182,22 +205,18 @@ def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, fami
 
     None means "use decode_sample": anything unusual (egress with OIFINDEX,
     extra metadata, a cookie, probability, a tunnel, a short message) takes the
-    general parser, which also handles every malformed case.  SamplePipeline.feed
+    general parser, which also handles every malformed case.  SamplePipeline._feed_heads
     inlines these same checks; tests hold both to the general parser.
     """
     if end - offset < FAST_SIZE:
         return None
-    t = FAST_UNPACK(buf, offset)
-    msg_end = offset + t[0]
-    if (t[FAST_HEADERS] != FAST_SIGNATURE or t[14] != FAST_PROTO or t[1] != family_id or t[2] != CMD_SAMPLE
-            or t[15] >> 16 != ATTR_DATA or msg_end > end):
-        return None
-    data_len = (t[15] & 0xFFFF) - NLA_HDR.size
-    data_start = offset + FAST_SIZE
+    v = FAST_VALUES.unpack_from(buf, offset)
+    msg_len = v[0]
     # DATA must be the last attribute and exactly fill the message (padding aside)
-    if data_len < 0 or data_start + ((data_len + 3) & ~3) != msg_end:
+    if (FAST_CHECK.unpack_from(buf, offset) != fast_signature(family_id) or msg_len > end - offset
+            or FAST_MSG_LEN[v[6]] != msg_len):
         return None
-    return t[10], t[12], t[6], t[8], t[4], data_start, data_len, msg_end
+    return v[4], v[5], v[2], v[3], v[1], offset + FAST_SIZE, v[6] - NLA_HDR.size, offset + msg_len
 
 
 # ---------------------------------------------------------------- building (tests, benchmark)

@@ -11,7 +11,9 @@ import pytest
 from hwsflow import bench, sflow_ref
 
 REPORT_NUMBERS = ("samples_per_s", "ceiling_per_s", "ratio", "offered_per_s", "lost", "cpu_s_per_million",
-                  "peak_rss_mb", "rss_start_mb", "rss_end_mb")
+                  "peak_rss_mb", "rss_start_mb", "rss_end_mb", "ceiling_recvmmsg_per_s", "queue_drain_per_s",
+                  "queue_drain_ceiling_per_s", "queue_drain_ratio", "queue_drain_recvmmsg_per_s",
+                  "queue_drain_cpu_us_per_sample")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,10 @@ def test_every_sample_sent_is_processed_at_a_low_rate(tiny_run):
     assert paced["sent"] == 2000 and paced["processed"] == paced["sent"]
     assert report["lost"] == 0 and paced["kernel_drops"] == 0
     assert report["full_processed"] == report["full_sent"] == 3000
+    # the prefilled socket is emptied whole, and by the agent's path alone
+    assert report["queue_processed"] == report["queue_sent"] > 0
+    assert report["rss_during_paced_mb"][0] == report["rss_start_mb"]
+    assert report["rss_growth_mb"] == pytest.approx(report["rss_end_mb"] - report["rss_start_mb"], abs=0.11)
     assert report["pipeline"]["malformed"] == report["pipeline"]["foreign"] == 0
 
 

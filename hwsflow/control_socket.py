@@ -129,7 +129,11 @@ class ControlServer:
             request = parse_request(line)
         except RequestError as err:
             return self._bad(str(err))
-        return await self.handler(request)
+        try:
+            return await self.handler(request)
+        except Exception as err:  # noqa: BLE001 - the client gets an answer, the agent goes on
+            log.exception("control socket: the %s request failed", type(request).__name__)
+            return error_reply(f"internal error: {type(err).__name__}: {err}")
 
     def _bad(self, message: str) -> bytes:
         self.bad_requests += 1
@@ -163,7 +167,10 @@ def request(path: str, req: Request, timeout: float = 10.0) -> dict:
                              f"(start it with `systemctl start {UNIT}`)") from None
         except PermissionError:
             raise RequestError(f"{path}: permission denied: only root may control hwsflow") from None
-        sock.sendall(encode_request(req))
+        try:
+            sock.sendall(encode_request(req))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent answered without reading (it refuses non-root peers): its reply is queued
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_REPLY:

@@ -86,10 +86,10 @@ async def _echo(req) -> bytes:
     return ok_reply(request=type(req).__name__)
 
 
-def _serve(path: Path, body):
+def _serve(path: Path, body, handler=_echo):
     """Run body(server) in a thread while a ControlServer serves on path in this loop."""
     async def main():
-        server = ControlServer(str(path), _echo)
+        server = ControlServer(str(path), handler)
         await server.start()
         try:
             return server, await asyncio.get_running_loop().run_in_executor(None, body, server)
@@ -106,6 +106,19 @@ def test_root_gets_answers_and_the_files_are_root_only(tmp_path):
     assert answer == {"ok": True, "request": "Status"}
     assert (sock_mode, dir_mode) == ("0o600", "0o700")
     assert not path.exists() and not Path(str(path) + ".lock").exists()  # nothing left behind
+
+
+def test_a_handler_that_fails_still_answers_and_the_server_goes_on(tmp_path):
+    path = tmp_path / "control.sock"
+
+    async def broken(req) -> bytes:
+        if isinstance(req, Status):
+            raise KeyError("ifindex")
+        return ok_reply()
+
+    _server, replies = _serve(path, lambda s: [request(str(path), Status()), request(str(path), Disable("x"))],
+                              broken)
+    assert replies == [{"ok": False, "error": "internal error: KeyError: 'ifindex'"}, {"ok": True}]
 
 
 def _as_user(uid: int, path: Path, data: bytes) -> bytes:

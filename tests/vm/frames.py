@@ -1,7 +1,9 @@
 """Known test frames, shared by the guest (to send them) and the host tests (to recognise them).
 
 Run as a script inside a network namespace to send frames out of an interface:
-    python -m tests.vm.frames IFACE TAG COUNT
+    python -m tests.vm.frames IFACE TAG COUNT [FIRST]
+    python -m tests.vm.frames IFACE TAG 0 FIRST INTERVAL   # one frame per INTERVAL s until SIGTERM,
+                                                            # then print how many were sent
 Stdlib only: it starts in a fresh interpreter under software emulation.
 """
 
@@ -44,5 +46,25 @@ def send(ifname: str, tag: int, count: int, first: int = 0) -> None:
             sock.send(make_frame(tag, index))
 
 
+def stream(ifname: str, tag: int, first: int, interval: float) -> int:
+    """A steady trickle until SIGTERM; the count is exact because the signal only ends the loop."""
+    import signal
+    import time
+
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    sent = 0
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((ifname, 0))
+        while not stop:
+            sock.send(make_frame(tag, first + sent))
+            sent += 1
+            time.sleep(interval)  # pacing the trickle, not waiting for an outcome
+    return sent
+
+
 if __name__ == "__main__":
-    send(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+    if len(sys.argv) > 5:
+        print(stream(sys.argv[1], int(sys.argv[2]), int(sys.argv[4]), float(sys.argv[5])), flush=True)
+    else:
+        send(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)

@@ -131,10 +131,10 @@ def wait_for(condition, deadline: float, what: str) -> float:
 class AgentProcess:
     """`hwsflow run` with a private NOTIFY_SOCKET, so readiness is the agent's own READY=1."""
 
-    def __init__(self, rwdir: Path, name: str, config: str) -> None:
+    def __init__(self, rwdir: Path, name: str, config: str, log_path: Path | None = None) -> None:
         self.config_path = rwdir / f"{name}.yaml"
         self.config_path.write_text(config)
-        self.log_path = rwdir / f"{name}.log"
+        self.log_path = log_path or rwdir / f"{name}.log"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_path = f"\0hwsflow-test-{name}-{os.getpid()}"
         self.notify.bind(notify_path)

@@ -6,6 +6,7 @@ treat every datagram socket alike, and it needs no root.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwsflow import psample, sflow_ref
-from hwsflow.mmsg import RecvBuffer
+from hwsflow.mmsg import RecvBuffer, SendBuffer
+from hwsflow.psample_socket import NETLINK_GENERIC, open_generic_socket
 from hwsflow.netlink import NLMSG_HDR
 from hwsflow.receive import drain
 from test_pipeline import FAMILY, kernel_sample, layouts, make_pipeline
@@ -152,3 +154,27 @@ def pair_factory():
             self.tx.close()
 
     return _Pair
+
+
+def test_send_buffer_sends_each_slot_as_its_own_netlink_message():
+    """The benchmark's replay: one sendmmsg, one netlink message per slot, in order; a full socket
+    under MSG_DONTWAIT makes send() say how many the kernel took, never raise."""
+    if os.geteuid() != 0:
+        pytest.fail("netlink unicast to another socket's port id needs root (CI runs as root)")
+    messages = [psample.build_message(kernel_sample(seq, data=bytes(range(seq * 10))), FAMILY) for seq in range(1, 7)]
+    rx, _rcvbuf = open_generic_socket(1 << 20)
+    tx = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
+    tx.bind((0, 0))
+    sbuf, rbuf = SendBuffer(messages, rx.getsockname()[0]), RecvBuffer(8, 4096)
+    try:
+        assert sbuf.send(tx.fileno(), 1, 4) == 4
+        lengths = rbuf.receive(rx.fileno())
+        assert [bytes(rbuf.area[i * rbuf.stride:i * rbuf.stride + n]) for i, n in enumerate(lengths)] == messages[1:5]
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # room for a few messages only
+        took = [sbuf.send(tx.fileno(), 0, 6, socket.MSG_DONTWAIT) for _ in range(20)]
+        assert 0 < sum(took) < 6 * 20 and took[-1] == 0
+    finally:
+        sbuf.close()
+        rbuf.close()
+        rx.close()
+        tx.close()

@@ -72,9 +72,15 @@ class Trickle:
             ["ip", "netns", "exec", NS, sys.executable, "-m", "tests.vm.frames", PEERS[HEALTHY], str(tag), "0", "0",
              str(TRICKLE_INTERVAL)], cwd=REPO, stdout=subprocess.PIPE, text=True)
 
+    def started(self, collector: Collector) -> None:
+        """Its first frame sampled: it has its SIGTERM handler by then, so stop() gets its count."""
+        wait_for(lambda: collector.seen("v4", self.tag), DEADLINE, f"tag {self.tag}: the trickle's first sample")
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=TRAFFIC_DEADLINE)
+        if not out.strip():
+            raise RuntimeError(f"the trickle (tag {self.tag}) ended without its count: exit {self.proc.returncode}")
         return int(out.strip())
 
 
@@ -85,7 +91,7 @@ def _all_seen(collector: Collector, tag: int, count: int, what: str) -> float:
 def _case(collector: Collector, faults: dict, name: str, fault) -> None:
     """Run fault with the healthy trickle flowing; record what was sent and the recovery time."""
     trickle = Trickle(TAG[name])
-    wait_for(lambda: collector.seen("v4", TAG[name]), DEADLINE, f"{name}: the trickle's first sample")
+    trickle.started(collector)
     try:
         faults[name] = {"recovery_s": fault()}
     finally:
@@ -306,6 +312,7 @@ def _kill_and_restart(agent: AgentProcess, rwdir: Path, collector: Collector, fa
     case["ready_s"] = restarted.wait_ready()
     trickle = Trickle(TAG["restart"])
     try:
+        trickle.started(collector)
         _check_port(collector, VICTIM, TAG["restart_check"])
     finally:
         sent = trickle.stop()

@@ -454,7 +454,7 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
                   "refused_by_kernel": paced.refused, "kernel_drops": kdrops,
                   "achieved_per_s": round(paced.sent / paced.seconds)},
         "pipeline": {"messages": stats.messages, "samples": stats.samples, "foreign": stats.foreign,
-                     "malformed": stats.malformed, "other": stats.other},
+                     "malformed": stats.malformed, "other": stats.other, "inline": stats.inline},
         "collector": {"datagrams": datagrams, "samples": collected},
         "rcvbuf": bench.rcvbuf,
         "machine": machine(),

@@ -10,7 +10,7 @@ through the general parser.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from hwsflow import psample
@@ -71,6 +71,9 @@ class PipelineStats:
     foreign: int = 0  # samples of groups that are not hwsflow's
     malformed: int = 0  # messages that failed to decode, skipped
     other: int = 0  # non-sample messages (other families, group notices)
+    # of `samples`, those the inlined fast path packed: a diagnostic (is the kernel's layout the usual
+    # one?), left out of equality so that the fast and the general path compare equal
+    inline: int = field(default=0, compare=False)
 
 
 class SamplePipeline:
@@ -187,6 +190,7 @@ class SamplePipeline:
         builder._pos, builder.pending = dpos, pending
         stats.messages += heads_count - slow + others
         stats.samples += heads_count - slow
+        stats.inline += heads_count - slow
 
     def _feed_rest(self, buf: bytes | bytearray | memoryview, pos: int, end: int, uptime_ms: int) -> int:
         """Every message of the read in buf[pos:end] through the general parser; returns how many there were."""

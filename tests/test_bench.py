@@ -49,6 +49,8 @@ def test_every_sample_sent_is_processed_at_a_low_rate(tiny_run):
     assert report["rss_during_paced_mb"][0] == report["rss_start_mb"]
     assert report["rss_growth_mb"] == pytest.approx(report["rss_end_mb"] - report["rss_start_mb"], abs=0.11)
     assert report["pipeline"]["malformed"] == report["pipeline"]["foreign"] == 0
+    # what is measured is the inlined fast path: every replayed message takes it
+    assert report["pipeline"]["inline"] == report["pipeline"]["samples"]
 
 
 def test_collector_datagrams_decode_and_carry_every_exported_sample(tiny_run):

@@ -3,7 +3,7 @@
 Pure code over bytes.  Attribute numbering and the kernel's emission order are
 in REFERENCE section 1 and include/uapi/linux/psample.h.  Two decoders exist on
 purpose: decode_sample() is the general, defensive parser; fast_decode() reads
-the exact layout act_sample produces on current kernels with one struct call and
+the exact layout act_sample produces on current kernels with two struct calls and
 returns None for anything else, so the caller falls back to the general parser.
 Tests hold the two to identical results.
 """

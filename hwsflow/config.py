@@ -263,7 +263,9 @@ def _cut(text: str, limit: int) -> str:
 
 def _quoted(text: str) -> str:
     """How an error quotes a string from the file: escaped, and cut so a huge value cannot flood the line."""
-    return repr(_cut(text, _QUOTE_MAX))
+    quoted = repr(_cut(text, _QUOTE_MAX))
+    # escapes (\U0001342f is ten characters for one) can still make it long: cut the escaped form too
+    return quoted if len(quoted) <= 2 * _QUOTE_MAX else quoted[:2 * _QUOTE_MAX] + "..."
 
 
 def _reject_duplicate_keys(node: yaml.Node, where: str, seen: set[int]) -> None:

@@ -9,7 +9,6 @@ CLI, reloads) are serialised by one lock and carried out by hwsflow.ports.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import random
@@ -313,10 +312,7 @@ class Agent:
                 nbytes = self._events.recv_into(self._evbuf)
             except BlockingIOError:
                 break
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:  # events were lost: check everything
-                    self._full_reconcile = True
-                    continue
+            except OSError as err:  # not ENOBUFS (NETLINK_NO_ENOBUFS): lost events show in _check_lost_events
                 log.error("rtnetlink event socket: %s", err)
                 break
             for event in rtnl_events.parse_events(self._evbuf, nbytes):
@@ -439,11 +435,7 @@ class Agent:
         old = self.config
         changed = global_changes(old, new)
         async with self._lock:
-            try:  # collector names are resolved again at every reload
-                await self._open_output(new)
-            except AgentError as err:
-                log.error("reload: %s; the running config stays in effect", err)
-                return
+            await self._open_output(new)  # collector names are resolved again at every reload
             if "rcvbuf" in changed and self.psample is not None:
                 self.psample.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, new.rcvbuf)
             if "control_socket" in changed:

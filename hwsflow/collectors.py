@@ -49,7 +49,7 @@ class CollectorSet:
         return [c for c in self.collectors if c.sock is None]
 
     def resolved(self, collector: Collector, answer: Answer) -> bool:
-        """Apply a resolver answer to one collector; whether it can be sent to now."""
+        """Apply a resolver answer to a collector that has no socket yet; whether it can be sent to now."""
         if isinstance(answer, str):
             collector.last_error = answer
             return False
@@ -60,13 +60,10 @@ class CollectorSet:
             sock.connect(sockaddr)
         except OSError as err:  # no route to it yet: tried again like an unresolved name
             sock.close()
-            collector.last_error = f"{NOT_CONNECTED} connect to {sockaddr[0]}: {err.strerror or err}"
+            collector.last_error = f"cannot connect to {sockaddr[0]}: {err.strerror or err}"
             return False
-        if collector.sock is not None:
-            collector.sock.close()
-        collector.sock, collector.sockaddr = sock, sockaddr
-        if collector.last_error.startswith(NOT_CONNECTED):
-            collector.last_error = ""
+        # until now it had no socket, so its last error can only be why it waited
+        collector.sock, collector.sockaddr, collector.last_error = sock, sockaddr, ""
         return True
 
     def close(self) -> None:
@@ -76,8 +73,7 @@ class CollectorSet:
                 collector.sock = None
 
 
-NOT_CONNECTED = "cannot"  # starts the error of a collector that has no socket yet, which connecting clears
-UNRESOLVED = NOT_CONNECTED + " resolve"
+UNRESOLVED = "cannot resolve"
 Answer = tuple[int, tuple] | str  # (family, sockaddr), or why the name did not resolve
 
 

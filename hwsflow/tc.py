@@ -247,20 +247,26 @@ def ensure_qdisc(ipr: IPRoute, ifindex: int, ifname: str, direction: Direction) 
     return True
 
 
+def _filter_messages(ipr: IPRoute, ifindex: int, direction: Direction) -> list[TcMsg]:
+    """Every filter of any kind on the port and direction, as the kernel dumps them."""
+    request = _filter_key_msg(ifindex, direction)
+    replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
+    return [msg for msg in replies if msg["header"]["type"] == RTM_NEWTFILTER]
+
+
 def dump_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[FilterState]:
     """Every matchall + sample filter on the port and direction, hwsflow's or not."""
     if direction == "egress" and find_clsact_kind(ipr, ifindex) != "clsact":
         # a plain ingress qdisc resolves every parent to its one block: an "egress" dump there
         # would list the ingress filters, and deleting them as egress ones would remove those
         return []
-    request = _filter_key_msg(ifindex, direction)
     try:
-        replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
+        messages = _filter_messages(ipr, ifindex, direction)
     except NetlinkError as err:
         if err.code in (errno.EINVAL, errno.ENOENT, errno.ENODEV):
             return []  # no qdisc (yet) or no such port: nothing installed
         raise
-    states = (parse_filter(msg, direction) for msg in replies if msg["header"]["type"] == RTM_NEWTFILTER)
+    states = (parse_filter(msg, direction) for msg in messages)
     return [state for state in states if state is not None]
 
 
@@ -357,12 +363,6 @@ def remove_own(ipr: IPRoute, ifindex: int, direction: Direction) -> int:
     return len(states)
 
 
-def _holds_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[TcMsg]:
-    request = _filter_key_msg(ifindex, direction)
-    replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
-    return [msg for msg in replies if msg["header"]["type"] == RTM_NEWTFILTER]
-
-
 def holds_only_own(ipr: IPRoute, ifindex: int) -> bool:
     """Whether the port's clsact qdisc holds hwsflow's filters and nothing else: then it is hwsflow's,
     made by a run that was killed, and goes when hwsflow's filters go."""
@@ -370,7 +370,7 @@ def holds_only_own(ipr: IPRoute, ifindex: int) -> bool:
         return False
     found = False
     for direction in FILTER_PARENT:
-        for msg in _holds_filters(ipr, ifindex, direction):  # type: ignore[arg-type]
+        for msg in _filter_messages(ipr, ifindex, direction):  # type: ignore[arg-type]
             if msg.get_attr("TCA_OPTIONS") is None:
                 continue  # the bare head message the kernel sends before each filter's full one
             state = parse_filter(msg, direction)  # type: ignore[arg-type]
@@ -385,7 +385,7 @@ def remove_qdisc_if_unused(ipr: IPRoute, ifindex: int) -> bool:
     if find_clsact_kind(ipr, ifindex) != "clsact":
         return False
     for direction in FILTER_PARENT:
-        if _holds_filters(ipr, ifindex, direction):  # type: ignore[arg-type]
+        if _filter_messages(ipr, ifindex, direction):  # type: ignore[arg-type]
             return False
     try:
         ipr.tc("del", "clsact", index=ifindex)

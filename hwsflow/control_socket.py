@@ -43,6 +43,11 @@ def peer_uid(sock: socket.socket) -> int:
     return uid
 
 
+async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(1 << 16):
+        pass
+
+
 class ControlServer:
     """Accepts one request per connection and answers it with what handler returns."""
 
@@ -102,6 +107,10 @@ class ControlServer:
             reply = await self._answer(reader, writer)
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+            # closing with the client's input unread resets the connection (ECONNRESET), which can reach
+            # the client before the end of the reply: say we are done, and let it finish first
+            writer.write_eof()
+            await asyncio.wait_for(_discard_until_eof(reader), REQUEST_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             pass  # the client went away: nothing to tell it
         finally:

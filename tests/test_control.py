@@ -121,6 +121,30 @@ def test_a_handler_that_fails_still_answers_and_the_server_goes_on(tmp_path):
     assert replies == [{"ok": False, "error": "internal error: KeyError: 'ifindex'"}, {"ok": True}]
 
 
+def test_input_after_the_request_does_not_reset_the_reply(tmp_path):
+    # the server reads one line; closing with the rest unread would reset the connection (ECONNRESET)
+    path = tmp_path / "control.sock"
+
+    def chatty(_server) -> bytes:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(str(path))
+            sock.sendall(b'{"cmd": "status"}\n')
+            sock.setblocking(False)
+            try:
+                while True:  # more than the server will ever read: it stays in the server's socket
+                    sock.send(b"x" * 4096)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            sock.settimeout(30)
+            sock.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: sock.recv(65536), b""))  # to the end, which must be EOF
+
+    _server, reply = _serve(path, chatty)
+    assert json.loads(reply) == {"ok": True, "request": "Status"}
+
+
 def _as_user(uid: int, path: Path, data: bytes) -> bytes:
     """Connect, send and read as another user, in a forked child (no exec: it needs no readable binary)."""
     read_end, write_end = os.pipe()

@@ -22,14 +22,18 @@ class DataSource:
 
     ifindex: int  # full 32-bit ifindex from rtnetlink: psample's IIFINDEX is only 16 bits
     ifname: str
-    flow_seq: int = 0  # sequence number of the last flow sample sent
+    flow_seq: int = 0  # sequence number of the last flow sample sent: one per sample received
     pool: int = 0  # packets that could have been sampled (unbounded here, wrapped on the wire)
     drops: int = 0  # samples lost, cumulative
-    samples: int = 0  # samples received
     counter_seq: int = 0  # sequence number of the last counter sample sent
     # how far re-syncs lifted the pool above what samples counted: the packets of samples lost but not
     # yet seen as a GROUP_SEQ gap are in it, and must not be counted again when the gap shows
     resync_credit: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Samples received: each one is exported as the next flow sample (a count the hot path need not keep)."""
+        return self.flow_seq
 
     def resync_pool(self, kernel_packets: int) -> None:
         """Catch the pool up with the packets the kernel's sample actions saw; it never goes back."""
@@ -54,7 +58,6 @@ class GroupBinding:
     header: int  # bytes of each packet exported
     source: DataSource
     last_group_seq: int | None = None
-    samples: int = 0
     drops: int = 0
     tc_packets: int = 0  # the sample action's packet counter at the last reading
     tc_total: int = 0  # packets seen by this direction's actions, across filter reinstalls
@@ -76,7 +79,5 @@ class GroupBinding:
                 source.drops += gap
                 source.add_lost(gap * rate)  # lost samples stood for packets too
         self.last_group_seq = group_seq
-        self.samples += 1
-        source.samples += 1
         source.flow_seq += 1
         source.pool += rate

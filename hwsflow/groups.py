@@ -16,6 +16,7 @@ class GroupTable:
         self.by_group: dict[int, GroupBinding] = {}  # read directly by the pipeline's hot path
         self.sources: dict[int, DataSource] = {}  # by ifindex
         self._by_port: dict[tuple[int, Direction], int] = {}
+        self.version = 0  # bumped by every bind and release: the pipeline rebuilds its inline table on a change
 
     def allocate(self, ifindex: int, direction: Direction, wanted: int | None = None) -> int:
         """The group for (ifindex, direction): wanted if given and free, else the one it has, else the
@@ -50,6 +51,7 @@ class GroupTable:
             self.by_group.pop(old, None)
         binding = GroupBinding(group, direction, rate, header, source)
         self.by_group[group] = binding
+        self.version += 1
         return binding
 
     def release(self, ifindex: int, direction: Direction) -> GroupBinding | None:
@@ -58,6 +60,7 @@ class GroupTable:
         binding = self.by_group.pop(group, None) if group is not None else None
         if not any(port == ifindex for port, _ in self._by_port):
             self.sources.pop(ifindex, None)
+        self.version += 1
         return binding
 
     def get(self, group: int) -> GroupBinding | None:

@@ -1,17 +1,18 @@
 """From received psample bytes to finished sFlow datagrams: decode, map the group, account, encode.
 
 Pure: the agent hands in what recvmmsg (feed_slots) or recv (feed) filled and
-sends what take() hands back.  _feed_heads is the hot path, written for speed on
-purpose: the kernel's usual layout is checked with psample.fast_decode's tests,
-inlined, and goes straight into the encoder's reused buffer; everything else
-through the general parser.
+sends what take() hands back.  _pack_chunk is the hot path, written for speed on
+purpose: a chunk of messages in the kernel's usual layout (psample.fast_decode's,
+checked for the whole chunk at once) goes straight into the encoder's reused
+buffer; everything else through the general parser.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from operator import itemgetter
+from typing import Sequence
 
 from hwsflow import psample
 from hwsflow.encoder import (
@@ -24,7 +25,7 @@ from hwsflow.encoder import (
     DatagramBuilder,
     encode_queue_records,
 )
-from hwsflow.datasource import GroupBinding
+from hwsflow.datasource import DataSource, GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
 
@@ -32,14 +33,16 @@ _MAX_ORIG = 0xFFFFFFFF - 4
 FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so
 SOURCE_TYPE_IFINDEX = 0
 _FAST_SIZE = psample.FAST_SIZE
-_FAST_CHECK, _FAST_VALUES = psample.FAST_CHECK.unpack_from, psample.FAST_VALUES.unpack_from
+_MSG_LEN = psample.FAST_MSG_LEN
+CHUNK_MAX = 128  # slots checked and unpacked by one call: RecvBuffer's default batch
 # the compact flow sample _feed_heads packs itself (see DatagramBuilder.add_flow_sample)
 _FLOW_SIZE = _FLOW_COMPACT.size
 _TWO, _FIVE = struct.Struct("!II"), struct.Struct("!5I")
 
 
 def _inline_layouts() -> tuple[tuple, ...]:
-    """For each header length up to MAX_PACKED_HEADER: (pack_into, sample size, its three runs of constants).
+    """For each header length up to MAX_PACKED_HEADER: (pack_into, sample size, its three runs of constants,
+    the header length).
 
     The compact ingress flow sample with one sampled-header record, as add_flow_sample writes it, in
     one pack whose constant fields come pre-packed: (tag, length), seq, source_id, rate, pool, drops,
@@ -55,11 +58,28 @@ def _inline_layouts() -> tuple[tuple, ...]:
         size = _FLOW_SIZE + padded
         layouts.append((packers[padded], size, _TWO.pack(FLOW_SAMPLE, size - 8),
                         _FIVE.pack(0, 1, SAMPLED_HEADER, 16 + padded, HEADER_PROTOCOL_ETHERNET),
-                        _TWO.pack(FCS_LEN, hlen)))
+                        _TWO.pack(FCS_LEN, hlen), hlen))
     return tuple(layouts)
 
 
 _INLINE = _inline_layouts()
+_NLA_LEN_MAX = 0xFFFF
+
+
+def _layouts(keep: int) -> tuple:
+    """_INLINE's layout for each DATA nla_len, where `keep` header bytes at most are exported: a
+    subscript in the hot path instead of the subtraction and the comparison.  None below an
+    attribute's 4-byte header (the chunk checks never let those through)."""
+    rows = _INLINE[:keep + 1]
+    return (None,) * 4 + tuple(rows[min(hlen, keep)] for hlen in range(_NLA_LEN_MAX + 1 - 4))
+
+
+class _InlineTable(dict):
+    """Groups to what _pack_chunk packs them with; a miss gives (None, the group, None, None), so that
+    every lookup unpacks the same way."""
+
+    def __missing__(self, group: int) -> tuple[None, int, None, None]:
+        return None, group, None, None
 _INGRESS = "ingress"
 _U32 = 0xFFFFFFFF
 
@@ -86,7 +106,10 @@ class SamplePipeline:
         self.stats = PipelineStats()
         # psample's IIFINDEX is 16 bits: the full ifindex of a port whose low 16 bits are unique
         self.ifindex_by_low16: dict[int, int] = {}
-        self._slot_structs: dict[int, tuple[struct.Struct, struct.Struct]] = {}  # by recvmmsg stride
+        # by (stride, slots): psample.chunk_checks and chunk_values
+        self._chunk_layouts: dict[tuple[int, int], tuple[list[psample.Check], struct.Struct]] = {}
+        self._inline_key: tuple[int, DatagramBuilder] | None = None
+        self._inline = _InlineTable()
 
     def set_links(self, ifindexes: list[int]) -> None:
         """Record the host's ifindexes, to widen 16-bit IIFINDEX values that are unambiguous."""
@@ -98,99 +121,143 @@ class SamplePipeline:
     def feed(self, buf: bytes | bytearray | memoryview, nbytes: int, uptime_ms: int) -> None:
         """Process every netlink message in buf[:nbytes] (what one recv read)."""
         if len(buf) >= _FAST_SIZE:
-            self._feed_heads(buf, ((nbytes, _FAST_CHECK(buf, 0), _FAST_VALUES(buf, 0), _FAST_SIZE),), 1, uptime_ms)
+            self._feed_chunk(buf, 0, (nbytes,), _FAST_SIZE, uptime_ms)
         else:
             self.stats.messages += self._feed_rest(buf, 0, nbytes, uptime_ms)
 
     def feed_slots(self, buf: bytes | bytearray | memoryview, lengths: Sequence[int], stride: int,
                    uptime_ms: int) -> None:
         """Process what recvmmsg left in buf: slot i starts at i * stride and holds lengths[i] bytes."""
-        if stride >= _FAST_SIZE and len(buf) % stride == 0 and len(lengths) * stride <= len(buf):
-            # one iterator reads the head of every slot in turn: no offset arithmetic, no call per message
-            structs = self._slot_structs.get(stride)
-            if structs is None:
-                structs = self._slot_structs[stride] = psample.slot_structs(stride)
-            checks, values = structs
-            self._feed_heads(buf, zip(lengths, checks.iter_unpack(buf), values.iter_unpack(buf),
-                                      range(_FAST_SIZE, len(buf) + _FAST_SIZE, stride)), len(lengths), uptime_ms)
+        count = len(lengths)
+        if stride >= _FAST_SIZE and count * stride <= len(buf):
+            lengths = tuple(lengths)
+            largest = CHUNK_MAX if stride % 4 == 0 else 1  # chunk_checks keeps u32 fields aligned
+            first = 0
+            while first < count:  # chunks of 128, 64, ... slots: each checked and unpacked at once
+                size = min(1 << ((count - first).bit_length() - 1), largest)
+                self._feed_chunk(buf, first, lengths[first:first + size], stride, uptime_ms)
+                first += size
             return
         messages = 0
         for index, nbytes in enumerate(lengths):  # slots too small for the fast layout
             messages += self._feed_rest(buf, index * stride, index * stride + nbytes, uptime_ms)
         self.stats.messages += messages
 
-    def _feed_heads(self, buf: bytes | bytearray | memoryview, heads: Iterable[tuple[int, tuple, tuple, int]],
-                    heads_count: int, uptime_ms: int) -> None:
-        """The hot path, over (bytes read, FAST_CHECK and FAST_VALUES of its head, where DATA would start)
-        for each read."""
+    def _feed_chunk(self, buf: bytes | bytearray | memoryview, first: int, lengths: tuple[int, ...], stride: int,
+                    uptime_ms: int) -> None:
+        """Slots first .. first + len(lengths) - 1: packed inline when every one holds exactly one message
+        in the usual layout (as psample's multicast always sends), else halved until the odd one is alone
+        and goes through the general parser."""
+        count = len(lengths)
+        base = first * stride
+        key = (stride if count > 1 else 0, count)
+        layout = self._chunk_layouts.get(key)
+        if layout is None:
+            if len(self._chunk_layouts) >= 64:  # strides change only in tests: keep the cache bounded
+                self._chunk_layouts.clear()
+            layout = self._chunk_layouts[key] = (psample.chunk_checks(self.family_id, stride, count),
+                                                 psample.chunk_values(stride, count))
+        checks, values = layout
+        # the usual case checked in C for the whole chunk: every fixed field as expected, nlmsg_len the
+        # bytes read, and DATA the last attribute, ending the message
+        head = memoryview(buf)[base:base + (count - 1) * stride + _FAST_SIZE]
+        views = {"B": head, "H": head.cast("H"), "I": head.cast("I")}
+        for code, start, stop, step, expected in checks:
+            if views[code][start:stop:step] != expected:
+                break
+        else:
+            v = values.unpack_from(buf, base)
+            ends = v[6::7]
+            if v[0::7] == lengths and (itemgetter(*ends)(_MSG_LEN) if count > 1 else (_MSG_LEN[ends[0]],)) == lengths:
+                self._pack_chunk(buf, v, base + _FAST_SIZE, stride, uptime_ms)
+                return
+        if count == 1:
+            self.stats.messages += self._feed_rest(buf, base, base + lengths[0], uptime_ms)
+            return
+        half = count // 2
+        self._feed_chunk(buf, first, lengths[:half], stride, uptime_ms)
+        self._feed_chunk(buf, first + half, lengths[half:], stride, uptime_ms)
+
+    def _inline_table(self) -> _InlineTable:
+        """{group: (binding, its source, the source's ifindex, the layouts by DATA's nla_len)} for the
+        bindings whose samples _pack_chunk packs itself: ingress, an ifindex the compact form holds, and a
+        header that fits an empty datagram.  Rebuilt when a group is bound or released or the builder
+        replaced."""
+        key = (self.groups.version, self.builder)
+        if self._inline_key != key:
+            builder = self.builder
+            limit = -1 if builder._expanded else min(
+                builder._max - builder._header_len - _FLOW_SIZE, MAX_PACKED_HEADER) & ~3
+            packed = [(group, binding) for group, binding in self.groups.by_group.items()
+                      if binding.direction == _INGRESS and binding.source.ifindex <= _COMPACT_INDEX_MAX
+                      and binding.header <= limit]
+            layouts = {keep: _layouts(keep) for keep in {binding.header for _, binding in packed}}
+            self._inline = _InlineTable(
+                (group, (binding, binding.source, binding.source.ifindex, layouts[binding.header]))
+                for group, binding in packed)
+            self._inline_key = key
+        return self._inline
+
+    def _pack_chunk(self, buf: bytes | bytearray | memoryview, v: tuple[int, ...], data: int, stride: int,
+                    uptime_ms: int) -> None:
+        """The hot path, over a chunk's FAST_VALUES (seven per slot, as chunk_values reads them) whose
+        checks passed; the first slot's DATA starts at buf[data]."""
         # Written for speed on purpose, every Python operation here costs each sample:
-        # - psample.fast_decode's checks inlined (tests hold the two and the general parser identical),
-        #   and only for a slot holding exactly one message, as psample's multicast always does;
+        # - the fields come as per-field slices of one unpack, zipped, and the group lookups as one map;
         # - GroupBinding.account inlined for the usual case, the next GROUP_SEQ (anything else calls it);
         # - the usual flow sample (compact, ingress, header fits) packed straight into the builder's open
         #   datagram, as DatagramBuilder.add_flow_sample would, the builder's position kept in locals;
-        # anything else goes through _export or _feed_rest, with the builder's state synced around.
-        signature, msg_len = psample.fast_signature(self.family_id), psample.FAST_MSG_LEN
-        by_group = self.groups.by_group
+        # anything else goes through _export, with the builder's state synced around it.
         stats = self.stats
         builder = self.builder
         dbuf, dpos, dmax, pending = builder._buf, builder._pos, builder._max, builder.pending
-        # the longest header packed here: its sample must fit an empty datagram (expanded: none is)
-        limit = -1 if builder._expanded else min(dmax - builder._header_len - _FLOW_SIZE, MAX_PACKED_HEADER) & ~3
-        by_hlen = _INLINE
-        slow = others = 0  # slots not packed here, and the messages they held
-        for nbytes, fixed, (length, iif, rate, orig, group, group_seq, data_nla_len), data in heads:
-            if fixed != signature or length != nbytes or msg_len[data_nla_len] != nbytes:
+        count = len(v) // 7
+        slow = 0  # slots not packed here
+        for (binding, source, ifindex, layouts), group_seq, rate, orig, data_nla_len, at in zip(
+                map(self._inline_table().__getitem__, v[4::7]), v[5::7], v[2::7], v[3::7], v[6::7],
+                range(data, data + count * stride, stride)):
+            if binding is None:  # not packed here: `source` is the group
+                slow += 1
                 builder._pos, builder.pending = dpos, pending
-                others += self._feed_rest(buf, data - _FAST_SIZE, data - _FAST_SIZE + nbytes, uptime_ms)
+                self._export_group(source, group_seq, rate, orig, v[(at - data) // stride * 7 + 1], buf, at,
+                                   data_nla_len - 4, uptime_ms)
                 dpos, pending = builder._pos, builder.pending
-                slow += 1
                 continue
-            binding = by_group.get(group)
-            if binding is None:
-                stats.foreign += 1
-                slow += 1
-                others += 1
-                continue
-            keep = binding.header
-            hlen = data_nla_len - 4
-            if hlen > keep:
-                hlen = keep
-            source = binding.source
-            ifindex = source.ifindex
-            if hlen > limit or ifindex > _COMPACT_INDEX_MAX or binding.direction != _INGRESS:
-                builder._pos, builder.pending = dpos, pending
-                self._export(binding, uptime_ms, group_seq, rate, orig, iif, buf[data:data + hlen])
-                dpos, pending = builder._pos, builder.pending
-                slow += 1
-                others += 1
-                continue
+            pack, size, head, middle, tail, hlen = layouts[data_nla_len]
             if group_seq - 1 == binding.last_group_seq:  # the next one (None, a wrap to 0: account() knows)
                 binding.last_group_seq = group_seq
-                binding.samples += 1
-                source.samples += 1
                 flow_seq = source.flow_seq = source.flow_seq + 1
                 pool = source.pool = source.pool + rate
             else:
                 binding.account(group_seq, rate)
                 flow_seq, pool = source.flow_seq, source.pool
-            pack, size, head, middle, tail = by_hlen[hlen]
-            if dpos + size > dmax:
+            end = dpos + size
+            if end > dmax:
                 builder._pos, builder.pending = dpos, pending
                 builder._finish(uptime_ms)
                 dpos, pending = builder._pos, 0
+                end = dpos + size
             try:  # counters below 2**32 and an ORIGSIZE not near it need no masks: struct checks
                 pack(dbuf, dpos, head, flow_seq, ifindex, rate, pool, source.drops, ifindex, middle, orig + FCS_LEN,
-                     tail, buf[data:data + hlen])
+                     tail, buf[at:at + hlen])
             except struct.error:  # repacks all: sFlow's 32-bit fields wrap, frame_length clamps
                 pack(dbuf, dpos, head, flow_seq & _U32, ifindex, rate, pool & _U32, source.drops & _U32, ifindex,
-                     middle, orig + FCS_LEN if orig <= _MAX_ORIG else _U32, tail, buf[data:data + hlen])
-            dpos += size
+                     middle, orig + FCS_LEN if orig <= _MAX_ORIG else _U32, tail, buf[at:at + hlen])
+            dpos = end
             pending += 1
         builder._pos, builder.pending = dpos, pending
-        stats.messages += heads_count - slow + others
-        stats.samples += heads_count - slow
-        stats.inline += heads_count - slow
+        stats.messages += count
+        stats.samples += count - slow
+        stats.inline += count - slow
+
+    def _export_group(self, group: int, group_seq: int, rate: int, orig: int, iif: int,
+                      buf: bytes | bytearray | memoryview, data: int, data_len: int, uptime_ms: int) -> None:
+        """A usual-layout sample _pack_chunk does not pack: a foreign group's (counted), or the general way."""
+        binding = self.groups.by_group.get(group)
+        if binding is None:
+            self.stats.foreign += 1
+        else:
+            self._export(binding, uptime_ms, group_seq, rate, orig, iif, buf[data:data + min(data_len, binding.header)])
 
     def _feed_rest(self, buf: bytes | bytearray | memoryview, pos: int, end: int, uptime_ms: int) -> int:
         """Every message of the read in buf[pos:end] through the general parser; returns how many there were."""

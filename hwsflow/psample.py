@@ -11,6 +11,7 @@ Tests hold the two to identical results.
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, field
 
 from hwsflow.netlink import (
@@ -155,34 +156,68 @@ def _apply_attr(sample: Sample, attr_type: int, buf, start: int, end: int) -> No
 
 # The layout act_sample emits at ingress since 5.13 (REFERENCE section 1):
 # IIFINDEX, SAMPLE_RATE, ORIGSIZE, SAMPLE_GROUP, GROUP_SEQ, TIMESTAMP, PROTO, DATA.
-# Hot path: two precompiled unpacks of the same 84 bytes replace the attribute loop for this layout.
-# FAST_CHECK reads only what the layout fixes: the family, the command and every attribute header,
-# each header as two u16 (nla_len, nla_type).  Those are small ints, which CPython keeps as shared
-# objects, so comparing the whole tuple with fast_signature(family) costs a pointer test an item, no
-# allocation.  FAST_VALUES reads the values:
+# Hot path: what the layout fixes is compared, and its values read, at fixed offsets of the first 84
+# bytes, instead of walking the attributes.
+# FAST_VALUES reads the values:
 #   0 nlmsg_len  1 iif  2 rate  3 orig size  4 group  5 seq  6 DATA's nla_len
-FAST_CHECK = struct.Struct("=4x H 10x B 3x HH 4x HH 4x HH 4x HH 4x HH 4x HH 8x HH 4x 2x H")
 FAST_VALUES = struct.Struct("=I 20x H 6x I 4x I 4x I 4x I 20x H 2x")
 FAST_SIZE = FAST_VALUES.size  # where DATA's value starts
-_FIXED_HEADERS = (
-    NLA_HDR.size + 2, ATTR_IIFINDEX, NLA_HDR.size + 4, ATTR_SAMPLE_RATE, NLA_HDR.size + 4, ATTR_ORIGSIZE,
-    NLA_HDR.size + 4, ATTR_SAMPLE_GROUP, NLA_HDR.size + 4, ATTR_GROUP_SEQ, NLA_HDR.size + 8, ATTR_TIMESTAMP,
-    NLA_HDR.size + 2, ATTR_PROTO,
+_FAMILY = -1  # stands for the family id in _FIXED
+
+
+def _nla_header(nla_len: int, nla_type: int) -> int:
+    """An attribute header read as one native u32, as the checks compare it."""
+    return struct.unpack("=I", NLA_HDR.pack(nla_len, nla_type))[0]
+
+
+# (offset, struct code, value) of everything the layout fixes: nlmsg_type, the command and each
+# attribute header (nla_len, nla_type) up to DATA's type (its nla_len varies)
+_FIXED = (
+    (4, "H", _FAMILY), (16, "B", CMD_SAMPLE),
+    (20, "I", _nla_header(NLA_HDR.size + 2, ATTR_IIFINDEX)),
+    (28, "I", _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_RATE)),
+    (36, "I", _nla_header(NLA_HDR.size + 4, ATTR_ORIGSIZE)),
+    (44, "I", _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_GROUP)),
+    (52, "I", _nla_header(NLA_HDR.size + 4, ATTR_GROUP_SEQ)),
+    (60, "I", _nla_header(NLA_HDR.size + 8, ATTR_TIMESTAMP)),
+    (72, "I", _nla_header(NLA_HDR.size + 2, ATTR_PROTO)),
+    (82, "H", ATTR_DATA),
 )
+FAST_CHECK = struct.Struct("=" + "".join(
+    f"{offset - previous}x{code}" for (offset, code, _), previous in
+    zip(_FIXED, [0] + [o + struct.calcsize(c) for o, c, _ in _FIXED])))
 
 
 def fast_signature(family_id: int) -> tuple[int, ...]:
     """What FAST_CHECK reads from this family's SAMPLE messages in the usual layout."""
-    return (family_id, CMD_SAMPLE) + _FIXED_HEADERS + (ATTR_DATA,)
+    return tuple(family_id if value == _FAMILY else value for _, _, value in _FIXED)
 
 
-def slot_structs(stride: int) -> tuple[struct.Struct, struct.Struct]:
-    """FAST_CHECK and FAST_VALUES padded to stride bytes: their iter_unpack reads the head of every
-    recvmmsg slot in turn."""
-    if stride < FAST_SIZE:
-        raise ValueError(f"slot stride {stride} is shorter than the {FAST_SIZE}-byte fast layout")
-    return (struct.Struct(f"{FAST_CHECK.format} {stride - FAST_SIZE}x"),
-            struct.Struct(f"{FAST_VALUES.format} {stride - FAST_SIZE}x"))
+Check = tuple[str, int, int, int, memoryview]  # struct code, start, stop, step (in items), expected items
+
+
+def chunk_checks(family_id: int, stride: int, count: int) -> list[Check]:
+    """fast_decode's layout test for count slots, stride bytes apart, as one C-level comparison per fixed
+    field: a strided slice of a memoryview of the slots (cast to the field's code) against an array of
+    the expected value.  stride must be a multiple of 4 when count > 1 (the u32 fields stay aligned)."""
+    if count < 1 or (count > 1 and (stride < FAST_SIZE or stride % 4)):
+        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout, "
+                         "4-byte aligned")
+    checks = []
+    for (offset, code, _), value in zip(_FIXED, fast_signature(family_id)):
+        size = struct.calcsize(code)
+        step = stride // size if count > 1 else 1
+        start = offset // size
+        checks.append((code, start, start + step * (count - 1) + 1, step, memoryview(array(code, [value] * count))))
+    return checks
+
+
+def chunk_values(stride: int, count: int) -> struct.Struct:
+    """FAST_VALUES of count recvmmsg slots, stride bytes apart, in one unpack: seven values a slot."""
+    if count < 1 or (count > 1 and stride < FAST_SIZE):
+        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout")
+    gap = f" {stride - FAST_SIZE}x " if count > 1 else ""
+    return struct.Struct("=" + gap.join([FAST_VALUES.format.lstrip("=")] * count))
 
 
 def _message_lengths() -> tuple[int, ...]:

@@ -257,6 +257,11 @@ def test_slots_fast_path_and_general_path_leave_identical_results(setup, message
     else:
         stride = max(len(m) for m in messages) + slack
         fast.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, 42)
+    assert_as_the_general_path(fast, reference, messages)
+
+
+def assert_as_the_general_path(fast: SamplePipeline, reference: SamplePipeline, messages: list[bytes]) -> None:
+    """reference reads messages through the general path; it must end where fast did, datagrams included."""
     reference_feed(reference, messages)
     assert state(fast) == state(reference)
     fast.flush(42)
@@ -288,6 +293,61 @@ def test_usual_messages_never_reach_the_general_parser(monkeypatch):
     stride = 4096
     pipeline.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, 1)
     assert pipeline.stats.samples == pipeline.stats.inline == len(messages)
+
+
+def _usual(group: int, seq: int, header: int = 128) -> bytes:
+    sample = psample.Sample(group=group, seq=seq, raw_rate=10, orig_size=1514, iif=3,
+                            data=_patterned(header, seq), timestamp=1, proto=8)
+    return psample.build_message(sample, FAMILY)
+
+
+def test_a_damaged_message_costs_its_chunk_no_more_than_the_general_parser_for_itself(monkeypatch):
+    """Chunks of 128 slots are checked at once: one odd message halves its chunk until it is alone, and
+    only it meets the general parser; the rest stay inline, with the same results as the reference."""
+    messages = [_usual(GROUP_BASE + i % 2, i // 2 + 1) for i in range(300)]
+    messages[5] = messages[5][:-8]  # truncated: nlmsg_len no longer matches what was read
+    messages[131] = _usual(FOREIGN_GROUP, 1)  # the usual layout, of a group that is not ours
+    messages[200] = messages[200] + bytes(4)  # trailing bytes after the message
+    fast = make_pipeline((128,) * len(PORTS), 1400, False, "192.0.2.1")
+    reference = make_pipeline((128,) * len(PORTS), 1400, False, "192.0.2.1")
+    general = fast._feed_general
+    parsed: list[int] = []
+    monkeypatch.setattr(fast, "_feed_general", lambda buf, pos, *rest: parsed.append(pos) or general(buf, pos, *rest))
+    stride = 4096
+    fast.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, 42)
+    assert_as_the_general_path(fast, reference, messages)
+    # only slots 5 and 200 (its message, then its trailing bytes): the foreign sample is read inline
+    assert sorted({pos // stride for pos in parsed}) == [5, 200]
+    assert fast.stats.inline == 297 and fast.stats.foreign == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(setups, message_streams(max_messages=70), st.sampled_from([0, 4, 64]))
+def test_long_streams_through_every_chunk_size_leave_the_general_paths_results(setup, messages, slack):
+    """Streams long enough for chunks of 64, 32, ... (the equality test above stays within 12 messages)."""
+    fast, reference = make_pipeline(**setup), make_pipeline(**setup)
+    stride = (max(len(m) for m in messages) + slack + 3) & ~3
+    fast.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, 42)
+    assert_as_the_general_path(fast, reference, messages)
+
+
+def test_a_rebound_or_released_group_is_packed_by_its_new_binding():
+    """The inline table follows GroupTable: a new header size, then a release, take effect at once."""
+    pipeline = make_pipeline((128,) * len(PORTS), 1400, False, "192.0.2.1")
+    stride = 4096
+    first = [_usual(GROUP_BASE + 1, seq) for seq in range(1, 9)]
+    pipeline.feed_slots(slots(first, stride), [len(m) for m in first], stride, 1)
+    pipeline.groups.bind(7, "p1", "ingress", 10, 64, wanted=GROUP_BASE + 1)
+    second = [_usual(GROUP_BASE + 1, seq) for seq in range(9, 17)]
+    pipeline.feed_slots(slots(second, stride), [len(m) for m in second], stride, 1)
+    pipeline.groups.release(7, "ingress")
+    inline = dict(pipeline._inline_table())
+    pipeline.feed_slots(slots(second, stride), [len(m) for m in second], stride, 1)
+    pipeline.flush(1)
+    headers = [len(s["records"][0]["header"]) for d in pipeline.take() for s in sflow_ref.parse_datagram(d)["samples"]]
+    assert headers == [128] * 8 + [64] * 8
+    assert pipeline.stats.foreign == 8
+    assert pipeline._inline_table() == inline and GROUP_BASE + 1 not in inline  # misses add nothing
 
 
 # ---------------------------------------------------------------- against the reference decoder

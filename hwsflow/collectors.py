@@ -1,8 +1,13 @@
 """The sFlow collectors: resolved addresses, non-blocking UDP sockets, per-collector counters.
 
 A collector that is unreachable or refuses never blocks or slows the others:
-every send is a non-blocking sendto whose failure is counted, not retried.
+every send is non-blocking, and a datagram that fails is counted, not retried.
 A name that does not resolve leaves its collector waiting, not the others.
+
+The datagrams of one drain go out with one sendmmsg per collector.  When one
+fails after others of the same call went out, sendmmsg drops its error code
+(an ICMP error reported once, such as ECONNREFUSED, is then lost): the datagram
+is still counted as an error, and last_error keeps the last reason known.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
+from hwsflow.mmsg import DatagramSender
+
 SEND_BUFFER = 4 << 20  # bursts of datagrams must not fail for lack of socket buffer
+UNREPORTED = "error code dropped by sendmmsg"
 
 
 @dataclass(slots=True)
@@ -31,19 +39,15 @@ class Collector:
 class CollectorSet:
     collectors: list[Collector] = field(default_factory=list)
 
+    sender: DatagramSender = field(default_factory=DatagramSender)
+
     def send(self, datagrams: list[bytes]) -> None:
-        for collector in self.collectors:
-            sock = collector.sock
-            if sock is None:
-                continue  # not resolved yet: retried at each reconcile
-            send = sock.send
-            for datagram in datagrams:
-                try:
-                    send(datagram)
-                    collector.sent += 1
-                except OSError as err:  # ECONNREFUSED from an earlier ICMP, EAGAIN, ENETUNREACH...
-                    collector.errors += 1
-                    collector.last_error = errno.errorcode.get(err.errno or 0, str(err))
+        sender = self.sender
+        for start in range(0, len(datagrams), sender.slots):
+            sender.load(datagrams[start:start + sender.slots])
+            for collector in self.collectors:
+                if collector.sock is not None:  # else not resolved yet: retried at each reconcile
+                    _send_loaded(sender, collector, collector.sock.fileno())
 
     def unresolved(self) -> list[Collector]:
         return [c for c in self.collectors if c.sock is None]
@@ -71,6 +75,23 @@ class CollectorSet:
             if collector.sock is not None:
                 collector.sock.close()
                 collector.sock = None
+        self.sender.close()
+
+
+def _send_loaded(sender: DatagramSender, collector: Collector, fd: int) -> None:
+    """Every datagram loaded in sender to one collector: each one sent or counted as an error."""
+    first = 0
+    while first < sender.loaded:
+        try:
+            first += (sent := sender.send(fd, first))
+            collector.sent += sent
+            if first == sender.loaded:
+                return
+            collector.last_error = collector.last_error or UNREPORTED  # datagram `first` failed, code dropped
+        except OSError as err:  # ECONNREFUSED from an earlier ICMP, EAGAIN, ENETUNREACH...
+            collector.last_error = errno.errorcode.get(err.errno or 0, str(err))
+        collector.errors += 1
+        first += 1
 
 
 UNRESOLVED = "cannot resolve"

@@ -9,6 +9,7 @@ buffer; everything else through the general parser.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -29,13 +30,14 @@ from hwsflow.datasource import DataSource, GroupBinding
 from hwsflow.groups import GroupTable
 from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
 
+Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 _MAX_ORIG = 0xFFFFFFFF - 4
 FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so
 SOURCE_TYPE_IFINDEX = 0
 _FAST_SIZE = psample.FAST_SIZE
 _MSG_LEN = psample.FAST_MSG_LEN
 CHUNK_MAX = 128  # slots checked and unpacked by one call: RecvBuffer's default batch
-# the compact flow sample _feed_heads packs itself (see DatagramBuilder.add_flow_sample)
+# the compact flow sample _pack_chunk packs itself (see DatagramBuilder.add_flow_sample)
 _FLOW_SIZE = _FLOW_COMPACT.size
 _TWO, _FIVE = struct.Struct("!II"), struct.Struct("!5I")
 
@@ -118,14 +120,14 @@ class SamplePipeline:
             by_low.setdefault(ifindex & 0xFFFF, []).append(ifindex)
         self.ifindex_by_low16 = {low: found[0] for low, found in by_low.items() if len(found) == 1}
 
-    def feed(self, buf: bytes | bytearray | memoryview, nbytes: int, uptime_ms: int) -> None:
+    def feed(self, buf: Buffer, nbytes: int, uptime_ms: int) -> None:
         """Process every netlink message in buf[:nbytes] (what one recv read)."""
         if len(buf) >= _FAST_SIZE:
             self._feed_chunk(buf, 0, (nbytes,), _FAST_SIZE, uptime_ms)
         else:
             self.stats.messages += self._feed_rest(buf, 0, nbytes, uptime_ms)
 
-    def feed_slots(self, buf: bytes | bytearray | memoryview, lengths: Sequence[int], stride: int,
+    def feed_slots(self, buf: Buffer, lengths: Sequence[int], stride: int,
                    uptime_ms: int) -> None:
         """Process what recvmmsg left in buf: slot i starts at i * stride and holds lengths[i] bytes."""
         count = len(lengths)
@@ -143,7 +145,7 @@ class SamplePipeline:
             messages += self._feed_rest(buf, index * stride, index * stride + nbytes, uptime_ms)
         self.stats.messages += messages
 
-    def _feed_chunk(self, buf: bytes | bytearray | memoryview, first: int, lengths: tuple[int, ...], stride: int,
+    def _feed_chunk(self, buf: Buffer, first: int, lengths: tuple[int, ...], stride: int,
                     uptime_ms: int) -> None:
         """Slots first .. first + len(lengths) - 1: packed inline when every one holds exactly one message
         in the usual layout (as psample's multicast always sends), else halved until the odd one is alone
@@ -198,7 +200,7 @@ class SamplePipeline:
             self._inline_key = key
         return self._inline
 
-    def _pack_chunk(self, buf: bytes | bytearray | memoryview, v: tuple[int, ...], data: int, stride: int,
+    def _pack_chunk(self, buf: Buffer, v: tuple[int, ...], data: int, stride: int,
                     uptime_ms: int) -> None:
         """The hot path, over a chunk's FAST_VALUES (seven per slot, as chunk_values reads them) whose
         checks passed; the first slot's DATA starts at buf[data]."""
@@ -251,7 +253,7 @@ class SamplePipeline:
         stats.inline += count - slow
 
     def _export_group(self, group: int, group_seq: int, rate: int, orig: int, iif: int,
-                      buf: bytes | bytearray | memoryview, data: int, data_len: int, uptime_ms: int) -> None:
+                      buf: Buffer, data: int, data_len: int, uptime_ms: int) -> None:
         """A usual-layout sample _pack_chunk does not pack: a foreign group's (counted), or the general way."""
         binding = self.groups.by_group.get(group)
         if binding is None:
@@ -259,7 +261,7 @@ class SamplePipeline:
         else:
             self._export(binding, uptime_ms, group_seq, rate, orig, iif, buf[data:data + min(data_len, binding.header)])
 
-    def _feed_rest(self, buf: bytes | bytearray | memoryview, pos: int, end: int, uptime_ms: int) -> int:
+    def _feed_rest(self, buf: Buffer, pos: int, end: int, uptime_ms: int) -> int:
         """Every message of the read in buf[pos:end] through the general parser; returns how many there were."""
         messages, start = 0, pos
         while pos < end:
@@ -267,7 +269,7 @@ class SamplePipeline:
             messages += 1
         return messages
 
-    def _feed_general(self, buf: bytes | bytearray | memoryview, pos: int, nbytes: int, uptime_ms: int,
+    def _feed_general(self, buf: Buffer, pos: int, nbytes: int, uptime_ms: int,
                       origin: int = 0) -> int:
         """The slow path for one message; returns where the next message starts.
 

@@ -240,8 +240,8 @@ def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, fami
 
     None means "use decode_sample": anything unusual (egress with OIFINDEX,
     extra metadata, a cookie, probability, a tunnel, a short message) takes the
-    general parser, which also handles every malformed case.  SamplePipeline._feed_heads
-    inlines these same checks; tests hold both to the general parser.
+    general parser, which also handles every malformed case.  SamplePipeline makes these same
+    checks for a whole chunk at once (chunk_checks); tests hold both to the general parser.
     """
     if end - offset < FAST_SIZE:
         return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from hwsflow.collectors import collector_set, open_collectors, resolve
+import errno
+
+from hwsflow.collectors import UNREPORTED, Collector, _send_loaded, collector_set, open_collectors, resolve
 
 
 def _listener() -> socket.socket:
@@ -63,3 +65,63 @@ def test_a_refusing_collector_counts_errors_and_blocks_no_one():
 def test_open_collectors_names_each_target_that_did_not_resolve():
     _collectors, errors = open_collectors([("name.invalid", 6343), ("::1", 6343)])
     assert len(errors) == 1 and errors[0].startswith("collector name.invalid:6343: cannot resolve")
+
+
+def test_one_send_of_many_datagrams_delivers_each_in_order():
+    """More datagrams than the sender's slots, and one larger than its slots: all arrive, in order."""
+    good = _listener()
+    good.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    collectors, _errors = open_collectors([("127.0.0.1", good.getsockname()[1])])
+    datagrams = [bytes([i]) * (100 + i) for i in range(150)]
+    datagrams[70] = b"x" * 9000
+    collectors.send(datagrams)
+    assert [good.recv(10000) for _ in datagrams] == datagrams
+    (sending,) = collectors.collectors
+    assert (sending.sent, sending.errors) == (150, 0)
+    collectors.close()
+    collectors.close()  # a second close is harmless
+    good.close()
+
+
+def test_a_refusing_collector_counts_errors_within_one_send():
+    good = _listener()
+    collectors, _errors = open_collectors([("127.0.0.1", _closed_port()), ("127.0.0.1", good.getsockname()[1])])
+    for _ in range(3):
+        collectors.send([b"%d" % i for i in range(20)])
+    refusing, sending = collectors.collectors
+    assert [good.recv(100) for _ in range(60)] == [b"%d" % i for i in range(20)] * 3
+    assert sending.sent == 60 and sending.errors == 0
+    assert refusing.errors > 0 and refusing.sent + refusing.errors == 60
+    assert refusing.last_error in ("ECONNREFUSED", UNREPORTED)
+    collectors.close()
+    good.close()
+
+
+class _ScriptedSender:
+    """sendmmsg's answers, scripted: a count sent, or an errno raised."""
+
+    def __init__(self, loaded: int, answers: list[int | OSError]) -> None:
+        self.loaded, self.answers, self.calls = loaded, answers, []
+
+    def send(self, fd: int, first: int) -> int:
+        self.calls.append(first)
+        answer = self.answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+
+def test_every_loaded_datagram_is_sent_or_counted_once():
+    # 10 loaded: 3 go and the 4th fails with its code dropped, 2 go and the 7th fails the same way,
+    # the 8th fails with EAGAIN, the last 2 go
+    sender = _ScriptedSender(10, [3, 2, OSError(errno.EAGAIN, "again"), 2])
+    collector = Collector("c", "127.0.0.1", 6343)
+    _send_loaded(sender, collector, -1)
+    assert sender.calls == [0, 4, 7, 8] and sender.answers == []
+    assert (collector.sent, collector.errors, collector.last_error) == (7, 3, "EAGAIN")
+    # a dropped code does not hide the last reason known
+    _send_loaded(_ScriptedSender(2, [1]), collector, -1)
+    assert (collector.sent, collector.errors, collector.last_error) == (8, 4, "EAGAIN")
+    fresh = Collector("d", "127.0.0.1", 6343)
+    _send_loaded(_ScriptedSender(2, [1]), fresh, -1)
+    assert (fresh.sent, fresh.errors, fresh.last_error) == (1, 1, UNREPORTED)

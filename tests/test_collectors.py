@@ -68,16 +68,17 @@ def test_open_collectors_names_each_target_that_did_not_resolve():
 
 
 def test_one_send_of_many_datagrams_delivers_each_in_order():
-    """More datagrams than the sender's slots, and one larger than its slots: all arrive, in order."""
+    """More datagrams than the sender's slots, and more bytes than its area: all arrive, in order."""
     good = _listener()
     good.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     collectors, _errors = open_collectors([("127.0.0.1", good.getsockname()[1])])
     datagrams = [bytes([i]) * (100 + i) for i in range(150)]
-    datagrams[70] = b"x" * 9000
+    datagrams[60:75] = [b"%02d" % i * 4500 for i in range(15)]  # 9000 bytes each: the area grows
     collectors.send(datagrams)
     assert [good.recv(10000) for _ in datagrams] == datagrams
     (sending,) = collectors.collectors
     assert (sending.sent, sending.errors) == (150, 0)
+    assert len(collectors.sender.area) > 64 * 1500  # it grew
     collectors.close()
     collectors.close()  # a second close is harmless
     good.close()

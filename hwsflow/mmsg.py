@@ -90,6 +90,8 @@ class RecvBuffer:
         # an anonymous mmap, not a bytearray: only the pages messages reach become resident (a bytearray
         # is zeroed whole: 8.9 MB), and its slices are bytes, one allocation instead of two
         self.area = mmap.mmap(-1, slots * slot_size)
+        for slot in range(slots):  # every slot's first page resident now: RSS flat from the start
+            self.area[slot * slot_size] = 0
         # the kernel writes through raw addresses: this export pins the area (it cannot be closed under it)
         self._pin = (ctypes.c_char * len(self.area)).from_buffer(self.area)
         self._iov, self._hdrs = _headers(ctypes.addressof(self._pin), slots, slot_size, [slot_size] * slots)

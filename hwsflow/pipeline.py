@@ -155,10 +155,7 @@ class SamplePipeline:
         key = (stride if count > 1 else 0, count)
         layout = self._chunk_layouts.get(key)
         if layout is None:
-            if len(self._chunk_layouts) >= 64:  # strides change only in tests: keep the cache bounded
-                self._chunk_layouts.clear()
-            layout = self._chunk_layouts[key] = (psample.chunk_checks(self.family_id, stride, count),
-                                                 psample.chunk_values(stride, count))
+            layout = self._new_layouts(stride, count)
         checks, values = layout
         # the usual case checked in C for the whole chunk: every fixed field as expected, nlmsg_len the
         # bytes read, and DATA the last attribute, ending the message
@@ -179,6 +176,17 @@ class SamplePipeline:
         half = count // 2
         self._feed_chunk(buf, first, lengths[:half], stride, uptime_ms)
         self._feed_chunk(buf, first + half, lengths[half:], stride, uptime_ms)
+
+    def _new_layouts(self, stride: int, count: int) -> tuple[list[psample.Check], struct.Struct]:
+        """The checks and values of `count` slots; for a new stride, those of every chunk size at once,
+        so that memory does not creep up as rarer batch sizes first arrive."""
+        if len(self._chunk_layouts) >= 64:  # strides change only in tests: keep the cache bounded
+            self._chunk_layouts.clear()
+        sizes = [count] if count == 1 or stride % 4 else [1 << i for i in range(1, CHUNK_MAX.bit_length())]
+        for size in sizes:
+            self._chunk_layouts[(stride if size > 1 else 0, size)] = (
+                psample.chunk_checks(self.family_id, stride, size), psample.chunk_values(stride, size))
+        return self._chunk_layouts[(stride if count > 1 else 0, count)]
 
     def _inline_table(self) -> _InlineTable:
         """{group: (binding, its source, the source's ifindex, the layouts by DATA's nla_len)} for the

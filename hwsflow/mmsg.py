@@ -122,7 +122,10 @@ class RecvBuffer:
         """Release the pinned area (receive() must not be called afterwards)."""
         self._hdr_view.release()
         del self._iov, self._hdrs, self._hdr_view, self._pin
-        self.area.close()
+        try:
+            self.area.close()
+        except BufferError:  # a view of it is still alive (a kept traceback's frame): the GC unmaps it later
+            pass
 
 
 _SOCKADDR_NL = struct.Struct("=HHII")  # nl_family, pad, nl_pid, nl_groups

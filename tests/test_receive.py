@@ -178,3 +178,12 @@ def test_send_buffer_sends_each_slot_as_its_own_netlink_message():
         rbuf.close()
         rx.close()
         tx.close()
+
+
+def test_closing_a_recv_buffer_still_viewed_does_not_raise():
+    """A view of the area that outlives the reader (a kept traceback's frame) must not make close() fail."""
+    rbuf = RecvBuffer(slots=2)
+    view = memoryview(rbuf.area)[:84]
+    rbuf.close()
+    assert view.nbytes == 84  # still readable: the mapping goes when the last view does
+    view.release()

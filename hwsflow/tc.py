@@ -270,10 +270,15 @@ def dump_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[Filte
     return [state for state in states if state is not None]
 
 
+def own_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[FilterState]:
+    """hwsflow's filters on the port and direction, whatever their priority, chain or settings."""
+    return [state for state in dump_filters(ipr, ifindex, direction) if state.ours]
+
+
 def read_filter(ipr: IPRoute, spec: FilterSpec) -> FilterState | None:
     """hwsflow's filter for spec's port, direction, priority and chain, if the kernel has it."""
-    for state in dump_filters(ipr, spec.ifindex, spec.direction):
-        if state.ours and state.priority == spec.priority and state.chain == spec.chain:
+    for state in own_filters(ipr, spec.ifindex, spec.direction):
+        if state.priority == spec.priority and state.chain == spec.chain:
             return state
     return None
 
@@ -300,7 +305,7 @@ def matches(state: FilterState, spec: FilterSpec) -> bool:
 
 def own_groups(ipr: IPRoute, ifindex: int, direction: Direction) -> list[int]:
     """Groups of hwsflow's filters already on the port and direction (left by an earlier run)."""
-    return [state.group for state in dump_filters(ipr, ifindex, direction) if state.ours]
+    return [state.group for state in own_filters(ipr, ifindex, direction)]
 
 
 def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
@@ -312,9 +317,7 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
     The port must already have its qdisc: call ensure_qdisc() first.
     """
     keep: FilterState | None = None
-    for state in dump_filters(ipr, spec.ifindex, spec.direction):
-        if not state.ours:
-            continue
+    for state in own_filters(ipr, spec.ifindex, spec.direction):
         if keep is None and matches(state, spec):
             keep = state
         else:
@@ -357,7 +360,7 @@ def uninstall(ipr: IPRoute, spec: FilterSpec) -> bool:
 
 def remove_own(ipr: IPRoute, ifindex: int, direction: Direction) -> int:
     """Delete every hwsflow filter on the port and direction (a leftover of an earlier run); how many."""
-    states = [state for state in dump_filters(ipr, ifindex, direction) if state.ours]
+    states = own_filters(ipr, ifindex, direction)
     for state in states:
         _delete(ipr, state)
     return len(states)

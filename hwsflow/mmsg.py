@@ -69,14 +69,20 @@ def _libc_call(name: str, argtypes: list) -> Callable[..., int]:
 _SENDMMSG_ARGS = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
 
 
-def _sent_or_raise(sent: int) -> int:
-    """What sendmmsg returned: the count, 0 for EAGAIN / EINTR under MSG_DONTWAIT, else OSError."""
-    if sent >= 0:
-        return sent
+def _call_error() -> OSError:
+    """The error of the libc call that just returned -1."""
     code = ctypes.get_errno()
-    if code in (errno.EAGAIN, errno.EINTR):
+    return OSError(code, os.strerror(code))
+
+
+def _count_or_raise(count: int) -> int:
+    """What recvmmsg / sendmmsg returned: the count, 0 for EAGAIN / EINTR under MSG_DONTWAIT, else OSError."""
+    if count >= 0:
+        return count
+    err = _call_error()
+    if err.errno in (errno.EAGAIN, errno.EINTR):
         return 0
-    raise OSError(code, os.strerror(code))
+    raise err
 
 
 class RecvBuffer:
@@ -108,15 +114,8 @@ class RecvBuffer:
 
         Never blocks.  A socket error (ENOBUFS after an overrun) raises OSError, as recv would.
         """
-        count = self._recvmmsg(fd, self._hdr_addr, self.slots, MSG_DONTWAIT, None)
-        if count > 0:
-            return self._lengths.unpack_from(self._hdr_view)[:count]
-        if count == 0:
-            return ()
-        code = ctypes.get_errno()
-        if code in (errno.EAGAIN, errno.EINTR):
-            return ()
-        raise OSError(code, os.strerror(code))
+        count = _count_or_raise(self._recvmmsg(fd, self._hdr_addr, self.slots, MSG_DONTWAIT, None))
+        return self._lengths.unpack_from(self._hdr_view)[:count] if count else ()
 
     def close(self) -> None:
         """Release the pinned area (receive() must not be called afterwards)."""
@@ -157,7 +156,7 @@ class SendBuffer:
     def send(self, fd: int, first: int, count: int, flags: int = 0) -> int:
         """Send slots first .. first + count - 1, in order; how many the kernel took (0 when the first
         would block under MSG_DONTWAIT).  Other errors raise OSError."""
-        return _sent_or_raise(self._sendmmsg(fd, self._hdr_addr + first * self._hdr_size, count, flags))
+        return _count_or_raise(self._sendmmsg(fd, self._hdr_addr + first * self._hdr_size, count, flags))
 
     def close(self) -> None:
         del self._iov, self._hdrs, self._pin
@@ -206,8 +205,7 @@ class DatagramSender:
         failed and sendmmsg dropped its error code: the caller counts it."""
         sent = self._sendmmsg(fd, self._hdr_addr + first * self._hdr_size, self.loaded - first, MSG_DONTWAIT)
         if sent < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+            raise _call_error()
         return sent
 
     def close(self) -> None:

@@ -82,6 +82,8 @@ class _InlineTable(dict):
 
     def __missing__(self, group: int) -> tuple[None, int, None, None]:
         return None, group, None, None
+
+
 _INGRESS = "ingress"
 _U32 = 0xFFFFFFFF
 
@@ -152,8 +154,7 @@ class SamplePipeline:
         and goes through the general parser."""
         count = len(lengths)
         base = first * stride
-        key = (stride if count > 1 else 0, count)
-        layout = self._chunk_layouts.get(key)
+        layout = self._chunk_layouts.get((stride, count))
         if layout is None:
             layout = self._new_layouts(stride, count)
         checks, values = layout
@@ -182,11 +183,11 @@ class SamplePipeline:
         so that memory does not creep up as rarer batch sizes first arrive."""
         if len(self._chunk_layouts) >= 64:  # strides change only in tests: keep the cache bounded
             self._chunk_layouts.clear()
-        sizes = [count] if count == 1 or stride % 4 else [1 << i for i in range(1, CHUNK_MAX.bit_length())]
+        sizes = [count] if count == 1 else [1 << i for i in range(1, CHUNK_MAX.bit_length())]
         for size in sizes:
-            self._chunk_layouts[(stride if size > 1 else 0, size)] = (
-                psample.chunk_checks(self.family_id, stride, size), psample.chunk_values(stride, size))
-        return self._chunk_layouts[(stride if count > 1 else 0, count)]
+            self._chunk_layouts[(stride, size)] = (psample.chunk_checks(self.family_id, stride, size),
+                                                   psample.chunk_values(stride, size))
+        return self._chunk_layouts[(stride, count)]
 
     def _inline_table(self) -> _InlineTable:
         """{group: (binding, its source, the source's ifindex, the layouts by DATA's nla_len)} for the

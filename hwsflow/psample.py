@@ -193,6 +193,13 @@ def fast_signature(family_id: int) -> tuple[int, ...]:
     return tuple(family_id if value == _FAMILY else value for _, _, value in _FIXED)
 
 
+def _check_slots(stride: int, count: int, aligned: bool) -> None:
+    """count slots, stride bytes apart, must each hold the fast layout (4-byte aligned if asked)."""
+    if count < 1 or (count > 1 and (stride < FAST_SIZE or (aligned and stride % 4))):
+        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout"
+                         + (", 4-byte aligned" if aligned else ""))
+
+
 Check = tuple[str, int, int, int, memoryview]  # struct code, start, stop, step (in items), expected items
 
 
@@ -200,9 +207,7 @@ def chunk_checks(family_id: int, stride: int, count: int) -> list[Check]:
     """fast_decode's layout test for count slots, stride bytes apart, as one C-level comparison per fixed
     field: a strided slice of a memoryview of the slots (cast to the field's code) against an array of
     the expected value.  stride must be a multiple of 4 when count > 1 (the u32 fields stay aligned)."""
-    if count < 1 or (count > 1 and (stride < FAST_SIZE or stride % 4)):
-        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout, "
-                         "4-byte aligned")
+    _check_slots(stride, count, aligned=True)
     checks = []
     for (offset, code, _), value in zip(_FIXED, fast_signature(family_id)):
         size = struct.calcsize(code)
@@ -214,8 +219,7 @@ def chunk_checks(family_id: int, stride: int, count: int) -> list[Check]:
 
 def chunk_values(stride: int, count: int) -> struct.Struct:
     """FAST_VALUES of count recvmmsg slots, stride bytes apart, in one unpack: seven values a slot."""
-    if count < 1 or (count > 1 and stride < FAST_SIZE):
-        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout")
+    _check_slots(stride, count, aligned=False)
     gap = f" {stride - FAST_SIZE}x " if count > 1 else ""
     return struct.Struct("=" + gap.join([FAST_VALUES.format.lstrip("=")] * count))
 

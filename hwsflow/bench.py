@@ -12,7 +12,10 @@ What each figure is:
   call: what the issue defines as the ceiling of a plain Python receiver;
 - ceiling_recvmmsg_per_s: a bare recvmmsg-and-discard loop, as the agent reads; it can outrun the
   sender, and then measures the sender (a receiver CPU share well below 100% says so);
-- queue_drain_per_s: the full path emptying a prefilled socket with no sender running, one core's worth.
+- queue_drain_per_s: the full path emptying a prefilled socket with no sender running, one core's worth;
+- queue_drain_floor_per_s: the same prefilled socket emptied by the agent's recvmmsg reads and its own
+  datagrams sent at its pace, with no per-sample work between: what receiving and sending alone cost here,
+  a bound no implementation of decoding, mapping and encoding can pass.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ SEND_BATCH = 256  # messages per sendmmsg, and between pacing checks
 # GROUP_SEQ's value follows the headers and four 8-byte attributes (IIF, RATE, ORIGSIZE, GROUP)
 SEQ_OFFSET = HEADERS_LEN + 4 * 8 + 4
 _SEQ = struct.Struct("=I")
-_DGRAM_COUNT = struct.Struct("!I")  # samples in an sFlow datagram with an IPv4 agent address
-_DGRAM_COUNT_AT = 24
+_DGRAM_U32 = struct.Struct("!I")  # a field of an sFlow datagram's header, with an IPv4 agent address:
+_DGRAM_COUNT_AT = 24  # how many samples it carries
+_SUB_AGENT_AT = 12  # sub_agent_id
+FLOOR_SUB_AGENT = 0xF1002  # marks the floor's datagrams, so that the collector's totals leave them out
 
 
 @dataclass
@@ -195,7 +200,7 @@ def _collector(conn: Connection, keep: bool) -> None:
                     return
                 continue
             datagrams += 1
-            samples += _DGRAM_COUNT.unpack_from(buf, _DGRAM_COUNT_AT)[0]
+            samples += _DGRAM_U32.unpack_from(buf, _DGRAM_COUNT_AT)[0]
             if keep:
                 kept.append(bytes(view[:nbytes]))
 
@@ -226,6 +231,49 @@ def _bare_drain_batched(sock: socket.socket, rbuf: RecvBuffer) -> int:
         if len(lengths) < rbuf.slots:
             break
     return read
+
+
+def agent_datagrams(sub_agent_id: int, messages: int = 8 * 7 * PORTS) -> list[bytes]:
+    """The datagrams the agent's pipeline makes of `messages` replayed messages: what the floor sends."""
+    groups = GroupTable(GROUP_BASE)
+    for i in range(PORTS):
+        groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
+    pipeline = SamplePipeline(DatagramBuilder("127.0.0.1", sub_agent_id, 1400), groups, FAMILY_ID)
+    msgs = templates(FAMILY_ID, PORTS)
+    for n in range(messages):
+        msg = msgs[n % PORTS]
+        _SEQ.pack_into(msg, SEQ_OFFSET, n // PORTS + 1)
+        pipeline.feed(msg, len(msg), 0)
+    pipeline.flush(0)
+    return pipeline.take()
+
+
+class Floor:
+    """Receiving and sending with nothing between: recvmmsg reads as the agent's, and for every message read
+    the agent's own datagrams (agent_datagrams, in a cycle) sent through its CollectorSet at its pace, one
+    datagram per as many messages as it carries."""
+
+    def __init__(self, sock: socket.socket, rbuf: RecvBuffer, collectors: CollectorSet) -> None:
+        self.sock, self.rbuf, self.collectors = sock, rbuf, collectors
+        self.datagrams = agent_datagrams(FLOOR_SUB_AGENT)
+        self.counts = [_DGRAM_U32.unpack_from(d, _DGRAM_COUNT_AT)[0] for d in self.datagrams]
+        self.next = 0  # the next datagram of the cycle
+        self.owed = 0  # messages read that no datagram sent yet stands for
+        self.sent_datagrams = self.sent_samples = 0
+
+    def read(self) -> int:
+        read = _bare_drain_batched(self.sock, self.rbuf)
+        owed, i, counts, out = self.owed + read, self.next, self.counts, []
+        while owed >= counts[i]:
+            owed -= counts[i]
+            self.sent_samples += counts[i]
+            out.append(self.datagrams[i])
+            i = (i + 1) % len(counts)
+        self.owed, self.next = owed, i
+        if out:
+            self.collectors.send(out)
+            self.sent_datagrams += len(out)
+        return read
 
 
 class RssSampler:
@@ -328,6 +376,7 @@ class _Bench:
         for i in range(PORTS):
             self.groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
         self.pipeline = SamplePipeline(builder, self.groups, FAMILY_ID)
+        self.floor = Floor(self.sock, self.rbuf, self.collectors)
         self.started = time.monotonic()
 
     def uptime_ms(self) -> int:
@@ -392,6 +441,7 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         queue: list[RunResult] = []
         queue_bare: list[RunResult] = []
         queue_bare_batched: list[RunResult] = []
+        queue_floor: list[RunResult] = []
         for _ in range(options.runs):  # interleaved, so all see the same machine state
             bare.append(bench.run(options.samples, 0, agent=False))
             bare_batched.append(bench.run_bare_batched(options.samples))
@@ -399,6 +449,7 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
             queue.append(bench.drain_full_queue(bench.agent_read))
             queue_bare.append(bench.drain_full_queue(bench.bare_read))
             queue_bare_batched.append(bench.drain_full_queue(bench.bare_batched_read))
+            queue_floor.append(bench.drain_full_queue(bench.floor.read))
         drops_before = kernel_drops(bench.inode) or 0
         rss = RssSampler(max(1.0, options.duration / 12))
         paced = bench.run(int(options.offered * options.duration), options.offered, agent=True, tick=rss)
@@ -406,6 +457,13 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         peak_rss = _status_mb("VmHWM")
         kdrops = (kernel_drops(bench.inode) or 0) - drops_before
         datagrams, collected, kept = bench.collected()
+        # the collector's totals are the agent's: the floor's datagrams taken out
+        floor = {"messages": sum(r.processed for r in queue_floor), "datagrams": bench.floor.sent_datagrams,
+                 "samples": bench.floor.sent_samples}
+        datagrams -= floor["datagrams"]
+        collected -= floor["samples"]
+        floor_mark = _DGRAM_U32.pack(FLOOR_SUB_AGENT)
+        kept = [d for d in kept if d[_SUB_AGENT_AT:_SUB_AGENT_AT + 4] != floor_mark]
         stats = bench.pipeline.stats
     finally:
         bench.close()
@@ -414,6 +472,8 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
     queue_cpu = statistics.median(r.cpu_seconds / r.processed for r in queue)
     queue_per_s = statistics.median(r.processed / r.seconds for r in queue)
     queue_bare_per_s = statistics.median(r.processed / r.seconds for r in queue_bare)
+    floor_per_s = statistics.median(r.processed / r.seconds for r in queue_floor)
+    floor_cpu = statistics.median(r.cpu_seconds / r.processed for r in queue_floor)
     report = {
         "samples_per_s": round(samples_per_s),
         "ceiling_per_s": round(ceiling_per_s),
@@ -436,6 +496,12 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "queue_drain_ratio": round(queue_per_s / queue_bare_per_s, 3),
         "queue_drain_recvmmsg_per_s": round(statistics.median(r.processed / r.seconds for r in queue_bare_batched)),
         "queue_drain_cpu_us_per_sample": round(queue_cpu * 1e6, 3),
+        # receive and send alone on the same prefilled socket: the bound of any per-sample code here
+        "queue_drain_floor_per_s": round(floor_per_s),
+        "queue_drain_floor_ratio": round(floor_per_s / queue_bare_per_s, 3),
+        "queue_drain_floor_cpu_us_per_sample": round(floor_cpu * 1e6, 3),
+        # what decoding, mapping, accounting and encoding add to each sample: the agent's CPU less the floor's
+        "per_sample_work_us": round((queue_cpu - floor_cpu) * 1e6, 3),
         "queue_drain_messages": round(statistics.median(r.processed for r in queue)),
         "runs": options.runs,
         "samples": options.samples,
@@ -456,6 +522,7 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "pipeline": {"messages": stats.messages, "samples": stats.samples, "foreign": stats.foreign,
                      "malformed": stats.malformed, "other": stats.other, "inline": stats.inline},
         "collector": {"datagrams": datagrams, "samples": collected},
+        "floor": floor,
         "rcvbuf": bench.rcvbuf,
         "machine": machine(),
     }
@@ -478,6 +545,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  ceilings:  {r['queue_drain_ceiling_per_s']:>9,} messages/s bare recv_into, ratio "
         f"{r['queue_drain_ratio']:.3f}; {r['queue_drain_recvmmsg_per_s']:,} messages/s bare recvmmsg "
         f"(same prefilled socket)",
+        f"floor:       {r['queue_drain_floor_per_s']:>9,} samples/s  (receive and send alone, same prefilled "
+        f"socket: {r['queue_drain_floor_cpu_us_per_sample']:.2f} us CPU per sample, ratio "
+        f"{r['queue_drain_floor_ratio']:.3f}; the agent's per-sample work adds {r['per_sample_work_us']:.2f} us)",
         f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver, full-speed runs)",
         f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "
         f"{p['processed']:,}, lost {r['lost']:,} (refused {p['refused_by_kernel']:,}, "

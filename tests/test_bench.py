@@ -13,7 +13,8 @@ from hwsflow import bench, sflow_ref
 REPORT_NUMBERS = ("samples_per_s", "ceiling_per_s", "ratio", "offered_per_s", "lost", "cpu_s_per_million",
                   "peak_rss_mb", "rss_start_mb", "rss_end_mb", "ceiling_recvmmsg_per_s", "queue_drain_per_s",
                   "queue_drain_ceiling_per_s", "queue_drain_ratio", "queue_drain_recvmmsg_per_s",
-                  "queue_drain_cpu_us_per_sample")
+                  "queue_drain_cpu_us_per_sample", "queue_drain_floor_per_s", "queue_drain_floor_ratio",
+                  "queue_drain_floor_cpu_us_per_sample")
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,17 @@ def test_collector_datagrams_decode_and_carry_every_exported_sample(tiny_run):
         seqs = [s["sequence_number"] for s in flows if s["source_id_index"] == 10 + port]
         assert seqs == list(range(1, len(seqs) + 1))
         assert all(s["drops"] == 0 for s in flows)
+
+
+def test_the_floor_sends_the_agents_datagrams_at_its_pace(tiny_run):
+    """The floor reads as the agent does and sends one of the agent's datagrams per as many messages as it
+    carries; the collector's totals leave its datagrams out."""
+    report, datagrams = tiny_run
+    floor = report["floor"]
+    carried = bench._DGRAM_U32.unpack_from(bench.agent_datagrams(bench.FLOOR_SUB_AGENT)[0], bench._DGRAM_COUNT_AT)[0]
+    assert floor["messages"] > carried
+    assert floor["samples"] == carried * floor["datagrams"]
+    assert 0 <= floor["messages"] - floor["samples"] < carried
+    assert not [d for d in datagrams if sflow_ref.parse_datagram(d)["sub_agent_id"] == bench.FLOOR_SUB_AGENT]
+    assert report["per_sample_work_us"] == pytest.approx(
+        report["queue_drain_cpu_us_per_sample"] - report["queue_drain_floor_cpu_us_per_sample"], abs=2e-3)

@@ -233,12 +233,17 @@ def _bare_drain_batched(sock: socket.socket, rbuf: RecvBuffer) -> int:
     return read
 
 
-def agent_datagrams(sub_agent_id: int, messages: int = 8 * 7 * PORTS) -> list[bytes]:
-    """The datagrams the agent's pipeline makes of `messages` replayed messages: what the floor sends."""
+def bench_pipeline(sub_agent_id: int = 0) -> SamplePipeline:
+    """The agent's pipeline, with the replayed ports bound as the agent binds them."""
     groups = GroupTable(GROUP_BASE)
     for i in range(PORTS):
         groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
-    pipeline = SamplePipeline(DatagramBuilder("127.0.0.1", sub_agent_id, 1400), groups, FAMILY_ID)
+    return SamplePipeline(DatagramBuilder("127.0.0.1", sub_agent_id, 1400), groups, FAMILY_ID)
+
+
+def agent_datagrams(sub_agent_id: int, messages: int = 8 * 7 * PORTS) -> list[bytes]:
+    """The datagrams the agent's pipeline makes of `messages` replayed messages: what the floor sends."""
+    pipeline = bench_pipeline(sub_agent_id)
     msgs = templates(FAMILY_ID, PORTS)
     for n in range(messages):
         msg = msgs[n % PORTS]
@@ -371,11 +376,7 @@ class _Bench:
         self.collector_port = self.collector.recv()
         self.collectors, errors = open_collectors([("127.0.0.1", self.collector_port)])
         assert not errors, errors
-        builder = DatagramBuilder("127.0.0.1", 0, 1400)
-        self.groups = GroupTable(GROUP_BASE)
-        for i in range(PORTS):
-            self.groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
-        self.pipeline = SamplePipeline(builder, self.groups, FAMILY_ID)
+        self.pipeline = bench_pipeline()
         self.floor = Floor(self.sock, self.rbuf, self.collectors)
         self.started = time.monotonic()
 

@@ -14,7 +14,7 @@ import os
 import tempfile
 from functools import lru_cache
 
-from hwsflow.config import (
+from hwsflow.core.config import (
     GROUP_ROOM, SAMPLE_ROOM, U32_MAX, Config, ConfigError, PortSettings, load_config, parse_config,
 )
 

@@ -19,11 +19,11 @@ import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hwsflow.control import (
+from hwsflow.core.control import (
     HEADER_RANGE, MAX_REQUEST, U32_MAX, Disable, Enable, Request, RequestError, Status, encode_request, is_ifname,
     ok_reply, parse_reply, parse_request,
 )
-from hwsflow.control_socket import ControlServer
+from hwsflow.linux.control_socket import ControlServer
 
 ERROR_MAX = 200  # parse_request cuts its messages here: a client prints them on one terminal line
 

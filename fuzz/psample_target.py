@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-from hwsflow import psample, sflow_ref
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.groups import GroupTable
-from hwsflow.netlink import HEADERS_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
-from hwsflow.pipeline import SamplePipeline
+from hwsflow.wire import psample, sflow_ref
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.core.groups import GroupTable
+from hwsflow.wire.netlink import HEADERS_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
+from hwsflow.core.pipeline import SamplePipeline
 
 FAMILY = 0x1C
 INGRESS_GROUP = 1000

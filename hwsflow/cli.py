@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config(path: str):
-    from hwsflow.config import ConfigError, load_config
+    from hwsflow.core.config import ConfigError, load_config
 
     try:
         return load_config(path)
@@ -90,7 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     import uvloop
 
-    from hwsflow.agent import Agent, AgentError
+    from hwsflow.daemon.agent import Agent, AgentError
 
     try:
         uvloop.run(Agent(config).run())
@@ -110,8 +110,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _control(args: argparse.Namespace, request) -> dict | None:
     """The agent's reply to request, or None after saying in one line why there is none."""
-    from hwsflow.control_socket import NotRunning, request as send
-    from hwsflow.control import RequestError
+    from hwsflow.linux.control_socket import NotRunning, request as send
+    from hwsflow.core.control import RequestError
 
     try:
         return send(args.socket, request)
@@ -123,12 +123,12 @@ def _control(args: argparse.Namespace, request) -> dict | None:
 
 
 def _cmd_enable(args: argparse.Namespace) -> int:
-    from hwsflow.control import Enable
+    from hwsflow.core.control import Enable
     return _answer(args, Enable(args.port, args.rate, args.direction, args.header))
 
 
 def _cmd_disable(args: argparse.Namespace) -> int:
-    from hwsflow.control import Disable
+    from hwsflow.core.control import Disable
     return _answer(args, Disable(args.port))
 
 
@@ -146,8 +146,8 @@ def _answer(args: argparse.Namespace, request) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from hwsflow.control import Status
-    from hwsflow.status import render
+    from hwsflow.core.control import Status
+    from hwsflow.core.status import render
 
     reply = _control(args, Status())
     if reply is None:
@@ -160,14 +160,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from hwsflow.decode import run_decode
+    from hwsflow.tools.decode import run_decode
 
     port = args.port if args.port is not None else args.filter_port
     return run_decode(port=port, pcap=args.pcap, count=args.count, json_out=args.json, out=sys.stdout)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from hwsflow.bench import Options, run_bench
+    from hwsflow.tools.bench import Options, run_bench
 
     options = Options(runs=args.runs, samples=args.samples, offered=args.offered, duration=args.duration)
     return run_bench(options, args.json)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hwsflow.encoder import DatagramBuilder
+from hwsflow.wire.sflow import DatagramBuilder
 from tests.vm.guest import wait_for
 
 SETUP_HINT = "run tools/setup-test-env (Debian packages nfdump-sflow and pmacct)"

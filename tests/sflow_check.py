@@ -1,7 +1,7 @@
 """Check sFlow datagrams with tshark, an independent decoder.
 
 tshark_decode() returns tshark's view of each datagram; cross_check()
-asserts that view agrees with hwsflow.sflow_ref. tshark does not complain
+asserts that view agrees with hwsflow.wire.sflow_ref. tshark does not complain
 about wrong length fields by itself, so the length fields are compared too.
 """
 
@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hwsflow.pcap import write_udp_pcap
-from hwsflow.sflow_ref import parse_datagram
+from hwsflow.wire.pcap import write_udp_pcap
+from hwsflow.wire.sflow_ref import parse_datagram
 
 PORT = 6343
 SETUP_HINT = "tshark is not installed: run tools/setup-test-env"

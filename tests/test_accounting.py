@@ -4,10 +4,10 @@ import ipaddress
 
 import pytest
 
-from hwsflow.datasource import DataSource, GroupBinding
-from hwsflow.groups import GroupTable
-from hwsflow.identity import agent_address, elect
-from hwsflow.netlink import attr, build_getfamily, parse_family_reply, parse_proc_netlink_drops, NLMSG_HDR, GENL_HDR
+from hwsflow.core.datasource import DataSource, GroupBinding
+from hwsflow.core.groups import GroupTable
+from hwsflow.core.identity import agent_address, elect
+from hwsflow.wire.netlink import attr, build_getfamily, parse_family_reply, parse_proc_netlink_drops, NLMSG_HDR, GENL_HDR
 
 
 def source(rate=10) -> GroupBinding:

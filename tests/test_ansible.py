@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hwsflow.config import load_config
+from hwsflow.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "ansible" / "site.yml"

@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from hwsflow import bench, sflow_ref
+from hwsflow.tools import bench
+
+from hwsflow.wire import sflow_ref
 
 REPORT_NUMBERS = ("samples_per_s", "ceiling_per_s", "ratio", "offered_per_s", "lost", "cpu_s_per_million",
                   "peak_rss_mb", "rss_start_mb", "rss_end_mb", "ceiling_recvmmsg_per_s", "queue_drain_per_s",

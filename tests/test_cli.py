@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from hwsflow import cli
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.pcap import write_udp_pcap
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.wire.pcap import write_udp_pcap
 
 REPO = Path(__file__).resolve().parents[1]
 

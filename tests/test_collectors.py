@@ -6,7 +6,7 @@ import socket
 
 import errno
 
-from hwsflow.collectors import UNREPORTED, Collector, _send_loaded, collector_set, open_collectors, resolve
+from hwsflow.linux.collectors import UNREPORTED, Collector, _send_loaded, collector_set, open_collectors, resolve
 
 
 def _listener() -> socket.socket:

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwsflow.config import (
+from hwsflow.core.config import (
     DEFAULT_SETTINGS,
     GLOBAL_KEYS,
     Config,

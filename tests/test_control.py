@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from hwsflow import cli
-from hwsflow.control import (
+from hwsflow.core.control import (
     MAX_REQUEST, Disable, Enable, RequestError, Status, encode_request, error_reply, ok_reply, parse_reply,
     parse_request,
 )
-from hwsflow.control_socket import AlreadyRunning, ControlServer, NotRunning, request
+from hwsflow.linux.control_socket import AlreadyRunning, ControlServer, NotRunning, request
 
 
 @pytest.mark.parametrize("req", [

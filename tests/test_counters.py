@@ -1,8 +1,8 @@
 """Counter records built from link state, read back by the reference decoder."""
 
-from hwsflow import sflow_ref
-from hwsflow.counters import UNKNOWN, LinkState, counter_records
-from hwsflow.encoder import DatagramBuilder
+from hwsflow.wire import sflow_ref
+from hwsflow.core.counters import UNKNOWN, LinkState, counter_records
+from hwsflow.wire.sflow import DatagramBuilder
 
 STATS = {
     "rx_packets": 1000, "multicast": 10, "rx_bytes": 5 << 32, "rx_dropped": 3, "rx_errors": 2,

@@ -1,4 +1,4 @@
-"""The fast encoder against the construct reference (hwsflow.sflow_ref).
+"""The fast encoder against the construct reference (hwsflow.wire.sflow_ref).
 
 Two independent statements of the wire format: the encoder packs with
 hand-laid structs, sflow_ref declares the layout. They must agree byte for
@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwsflow import sflow_ref
-from hwsflow.encoder import (
+from hwsflow.wire import sflow_ref
+from hwsflow.wire.sflow import (
     DatagramBuilder,
     encode_ethernet_counters,
     encode_if_counters,
     encode_port_name,
     encode_queue_records,
 )
-from hwsflow.sflow_ref import format_datagram, parse_datagram
+from hwsflow.wire.sflow_ref import format_datagram, parse_datagram
 
 U32 = 2**32 - 1
 V4_HEADER = 28  # datagram header bytes with an IPv4 agent address

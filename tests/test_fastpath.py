@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwsflow import psample, sflow_ref
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.groups import GroupTable
-from hwsflow.netlink import GENL_HDR, NLA_HDR, NLMSG_HDR, MalformedMessage, attr, message_extent
-from hwsflow.pipeline import FCS_LEN, SamplePipeline
+from hwsflow.wire import psample, sflow_ref
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.core.groups import GroupTable
+from hwsflow.wire.netlink import GENL_HDR, NLA_HDR, NLMSG_HDR, MalformedMessage, attr, message_extent
+from hwsflow.core.pipeline import FCS_LEN, SamplePipeline
 from test_psample import _general_as_tuple  # pytest puts tests/ on sys.path
 
 FAMILY = 0x1C

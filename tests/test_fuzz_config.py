@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fuzz.config_target import ERROR_MAX, check_config, check_error, one_input, seeds
 from fuzz.limits import deadline
-from hwsflow.config import MAX_FILE, ConfigError, _INT_RANGES, _PORT_KEYS, _TOP_KEYS, load_config, parse_config
+from hwsflow.core.config import MAX_FILE, ConfigError, _INT_RANGES, _PORT_KEYS, _TOP_KEYS, load_config, parse_config
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COMPLETE = {

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from fuzz.control_target import check_error_text, check_parse, one_input, seeds
 from fuzz.limits import deadline
-from hwsflow import control_socket
-from hwsflow.control import MAX_REQUEST, Enable, RequestError, ok_reply, parse_reply, parse_request
-from hwsflow.control_socket import ControlServer
+from hwsflow.linux import control_socket
+from hwsflow.core.control import MAX_REQUEST, Enable, RequestError, ok_reply, parse_reply, parse_request
+from hwsflow.linux.control_socket import ControlServer
 
 TIMEOUT = 0.5  # REQUEST_TIMEOUT for these tests: stalls are what they are about
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

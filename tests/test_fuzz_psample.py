@@ -22,8 +22,8 @@ from fuzz.psample_target import (
     DATAGRAM_SIZES, EGRESS_GROUP, FAMILY, HEADERS, IFINDEXES, INGRESS_GROUP, Setup, check_decoders, check_pieces,
     kernel_sample, one_input, seeds,
 )
-from hwsflow import psample
-from hwsflow.netlink import (
+from hwsflow.wire import psample
+from hwsflow.wire.netlink import (
     GENL_HDR, GENL_ID_CTRL, NLA_HDR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, attr,
 )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import interop
-from hwsflow.encoder import DatagramBuilder
+from hwsflow.wire.sflow import DatagramBuilder
 
 AGENT = "192.0.2.1"
 PORT = 7

@@ -1,4 +1,4 @@
-"""hwsflow.logs.RateLimiter with a fake clock."""
+"""hwsflow.daemon.logs.RateLimiter with a fake clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hwsflow.logs import RateLimiter
+from hwsflow.daemon.logs import RateLimiter
 
 
 @dataclass

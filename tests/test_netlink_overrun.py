@@ -18,8 +18,8 @@ DEADLINE = 60.0
 GUEST = r"""
 import asyncio, json, socket, subprocess, sys, time
 import uvloop
-from hwsflow import rtnl_events
-from hwsflow.psample_socket import no_enobufs
+from hwsflow.linux import rtnl_events
+from hwsflow.linux.psample_socket import no_enobufs
 
 def main(protect):
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)

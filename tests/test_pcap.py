@@ -1,4 +1,4 @@
-"""hwsflow.pcap round trips and link types, and `hwsflow decode` over them."""
+"""hwsflow.wire.pcap round trips and link types, and `hwsflow decode` over them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwsflow import pcap
-from hwsflow.decode import run_decode
-from hwsflow.encoder import DatagramBuilder, encode_port_name
+from hwsflow.wire import pcap
+from hwsflow.tools.decode import run_decode
+from hwsflow.wire.sflow import DatagramBuilder, encode_port_name
 
 PAYLOADS = [b"", b"x", b"sflow" * 50, bytes(range(256)) * 5]
 

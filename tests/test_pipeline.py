@@ -3,12 +3,12 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwsflow import psample, sflow_ref
-from hwsflow.config import SAMPLE_ROOM
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.groups import GroupTable
-from hwsflow.netlink import NLMSG_HDR
-from hwsflow.pipeline import SamplePipeline
+from hwsflow.wire import psample, sflow_ref
+from hwsflow.core.config import SAMPLE_ROOM
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.core.groups import GroupTable
+from hwsflow.wire.netlink import NLMSG_HDR
+from hwsflow.core.pipeline import SamplePipeline
 
 FAMILY = 0x1C
 BIG_IFINDEX = 0x12345  # above 65535: psample's IIFINDEX carries only 0x2345

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwsflow import psample
-from hwsflow.netlink import MalformedMessage, NLA_HDR, NLMSG_HDR, attr
+from hwsflow.wire import psample
+from hwsflow.wire.netlink import MalformedMessage, NLA_HDR, NLMSG_HDR, attr
 
 FAMILY = 0x1C
 

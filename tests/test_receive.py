@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwsflow import psample, sflow_ref
-from hwsflow.mmsg import RecvBuffer, SendBuffer
-from hwsflow.psample_socket import NETLINK_GENERIC, open_generic_socket
-from hwsflow.netlink import NLMSG_HDR
-from hwsflow.receive import drain
+from hwsflow.wire import psample, sflow_ref
+from hwsflow.linux.mmsg import RecvBuffer, SendBuffer
+from hwsflow.linux.psample_socket import NETLINK_GENERIC, open_generic_socket
+from hwsflow.wire.netlink import NLMSG_HDR
+from hwsflow.daemon.receive import drain
 from test_pipeline import FAMILY, kernel_sample, layouts, make_pipeline
 
 

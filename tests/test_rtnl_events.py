@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from hwsflow.rtnl_events import (
+from hwsflow.linux.rtnl_events import (
     RTM_DELLINK, RTM_DELQDISC, RTM_DELTFILTER, RTM_NEWLINK, RTM_NEWQDISC, Event, parse_events,
 )
 

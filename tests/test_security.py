@@ -25,15 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.psample_target import FAMILY, INGRESS_GROUP, EGRESS_GROUP, kernel_sample, seeds
-from hwsflow import psample
-from hwsflow.agent import Agent
-from hwsflow.collectors import open_collectors
-from hwsflow.config import parse_config
-from hwsflow.control import Status
-from hwsflow.control_socket import NotRunning, request
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.netlink import NLMSG_HDR, attr
-from hwsflow.pipeline import SamplePipeline
+from hwsflow.wire import psample
+from hwsflow.daemon.agent import Agent
+from hwsflow.linux.collectors import open_collectors
+from hwsflow.core.config import parse_config
+from hwsflow.core.control import Status
+from hwsflow.linux.control_socket import NotRunning, request
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.wire.netlink import NLMSG_HDR, attr
+from hwsflow.core.pipeline import SamplePipeline
 
 MARKER = b"CUSTOMER-SECRET-c0ffee-7a1d"
 PROBE = b"probe"  # sent after the samples, until the refusing collector reports its error

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hwsflow.config import LinkInfo, parse_config
-from hwsflow.control import Enable
-from hwsflow.groups import GroupTable
-from hwsflow.selection import PortPlan, changes, enabled_settings, plan_all
+from hwsflow.core.config import LinkInfo, parse_config
+from hwsflow.core.control import Enable
+from hwsflow.core.groups import GroupTable
+from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all
 
 CONFIG = """
 targets: ["192.0.2.10:6343"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwsflow.status import NOT_IN_HW_NOTE, RateMeter, render
+from hwsflow.core.status import NOT_IN_HW_NOTE, RateMeter, render
 
 
 def test_rate_meter_averages_over_its_window_and_remembers_the_last_sample():

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from hwsflow.cli import EXIT_CONFIG
-from hwsflow.config import parse_config
+from hwsflow.core.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "hwsflow.service"
@@ -204,9 +204,9 @@ except PermissionError:
 import importlib, pkgutil
 import uvloop
 import hwsflow
-for module in pkgutil.iter_modules(hwsflow.__path__):  # every module the daemon may load
-    if module.name != "__main__":  # that one runs the CLI
-        importlib.import_module(f"hwsflow.{module.name}")
+for module in pkgutil.walk_packages(hwsflow.__path__, "hwsflow."):  # every module the daemon may load
+    if module.name != "hwsflow.__main__":  # that one runs the CLI
+        importlib.import_module(module.name)
 from hwsflow.cli import main
 
 async def tick() -> str:

@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from hwsflow import tc
-from hwsflow.tc_nla import TC_ACT_UNSPEC, TcMsg
+from hwsflow.linux import tc
+from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcMsg
 
 # TCA_OPTIONS payload that iproute2 6.1 sends for
 #   tc filter add dev lo ingress prio 3 protocol all matchall skip_hw \

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from hwsflow.encoder import (
+from hwsflow.wire.sflow import (
     DatagramBuilder,
     encode_ethernet_counters,
     encode_if_counters,

@@ -50,8 +50,8 @@ MAIN_CONFIG = _config(f"  - name: {HEALTHY}\n  - name: {VICTIM}\n  - match: 'fla
 
 
 def status() -> dict:
-    from hwsflow.control import Status
-    from hwsflow.control_socket import request
+    from hwsflow.core.control import Status
+    from hwsflow.linux.control_socket import request
 
     reply = request(str(SOCKET), Status(), timeout=DEADLINE)
     if not reply.get("ok"):

@@ -77,8 +77,8 @@ def barrier(collector: Collector, index: int) -> None:
 
 def as_nobody_status() -> str:
     """The control socket as uid 65534 would use it, from a forked child (nothing to exec)."""
-    from hwsflow.control import Status
-    from hwsflow.control_socket import request
+    from hwsflow.core.control import Status
+    from hwsflow.linux.control_socket import request
 
     read_end, write_end = os.pipe()
     pid = os.fork()

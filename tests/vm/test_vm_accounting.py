@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from hwsflow import sflow_ref
+from hwsflow.wire import sflow_ref
 from tests.vm import scenarios_accounting as sa
 
 

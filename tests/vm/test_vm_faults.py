@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from hwsflow import sflow_ref
+from hwsflow.wire import sflow_ref
 from tests.vm import frames
 from tests.vm.scenarios_faults import BURST, CHECK_FRAMES, HEALTHY, TAG, VICTIM
 

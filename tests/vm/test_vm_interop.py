@@ -12,7 +12,7 @@ import pytest
 
 import interop
 import sflow_check
-from hwsflow import sflow_ref
+from hwsflow.wire import sflow_ref
 
 STREAMS = ("pipeline", "estimate", "loss")
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from hwsflow import sflow_ref
+from hwsflow.wire import sflow_ref
 from tests.vm import frames
 from tests.vm.scenarios import COUNTS, POLLING, TAG_BARRIER, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_LATE, TAG_HSP1_OUT
 

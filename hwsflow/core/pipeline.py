@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Sequence
 
-from hwsflow import psample
-from hwsflow.encoder import (
+from hwsflow.wire import psample
+from hwsflow.wire.sflow import (
     _COMPACT_INDEX_MAX,
     _FLOW_COMPACT,
     FLOW_SAMPLE,
@@ -26,9 +26,9 @@ from hwsflow.encoder import (
     DatagramBuilder,
     encode_queue_records,
 )
-from hwsflow.datasource import DataSource, GroupBinding
-from hwsflow.groups import GroupTable
-from hwsflow.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
+from hwsflow.core.datasource import DataSource, GroupBinding
+from hwsflow.core.groups import GroupTable
+from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 _MAX_ORIG = 0xFFFFFFFF - 4

@@ -14,13 +14,13 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hwsflow import tc
-from hwsflow.config import Config, LinkInfo, PortSettings
-from hwsflow.control import Disable, Enable, RequestError
-from hwsflow.groups import GroupTable
-from hwsflow.logs import RateLimiter
-from hwsflow.rtnl import RtnlWorker, hosts_of_own_filters
-from hwsflow.selection import PortPlan, changes, enabled_settings, plan_all, plan_port
+from hwsflow.linux import tc
+from hwsflow.core.config import Config, LinkInfo, PortSettings
+from hwsflow.core.control import Disable, Enable, RequestError
+from hwsflow.core.groups import GroupTable
+from hwsflow.daemon.logs import RateLimiter
+from hwsflow.linux.rtnl import RtnlWorker, hosts_of_own_filters
+from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all, plan_port
 
 log = logging.getLogger("hwsflow")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from hwsflow.config import Config, LinkInfo, PortSettings
-from hwsflow.control import Enable
+from hwsflow.core.config import Config, LinkInfo, PortSettings
+from hwsflow.core.control import Enable
 
 # by interface name: settings `hwsflow enable` gave, or None for `hwsflow disable`
 Overrides = Mapping[str, "PortSettings | None"]

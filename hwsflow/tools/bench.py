@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from hwsflow import psample
-from hwsflow.collectors import CollectorSet, open_collectors
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.groups import GroupTable
-from hwsflow.netlink import HEADERS_LEN
-from hwsflow.pipeline import SamplePipeline
-from hwsflow.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
-from hwsflow.mmsg import RecvBuffer, SendBuffer
-from hwsflow.receive import BATCH, drain
+from hwsflow.wire import psample
+from hwsflow.linux.collectors import CollectorSet, open_collectors
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.core.groups import GroupTable
+from hwsflow.wire.netlink import HEADERS_LEN
+from hwsflow.core.pipeline import SamplePipeline
+from hwsflow.linux.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
+from hwsflow.linux.mmsg import RecvBuffer, SendBuffer
+from hwsflow.daemon.receive import BATCH, drain
 
 FAMILY_ID = 0x1F  # any id: no kernel family is involved in a unicast replay
 GROUP_BASE = 0x68770000

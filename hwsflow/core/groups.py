@@ -5,7 +5,7 @@ Pure mapping; samples whose group is not here are not hwsflow's and are ignored.
 
 from __future__ import annotations
 
-from hwsflow.datasource import DataSource, Direction, GroupBinding
+from hwsflow.core.datasource import DataSource, Direction, GroupBinding
 
 
 class GroupTable:

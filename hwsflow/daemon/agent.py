@@ -1,9 +1,9 @@
 """The daemon: a thin asyncio (uvloop) shell moving bytes between sockets and the pure cores.
 
-rtnetlink work (links, addresses, tc) runs on one worker thread (hwsflow.rtnl);
+rtnetlink work (links, addresses, tc) runs on one worker thread (hwsflow.linux.rtnl);
 the psample socket, the rtnetlink event socket and the control socket are read
 on the event loop itself.  Port changes (start-up, link and tc events, the
-CLI, reloads) are serialised by one lock and carried out by hwsflow.ports.
+CLI, reloads) are serialised by one lock and carried out by hwsflow.daemon.ports.
 """
 
 from __future__ import annotations
@@ -19,24 +19,26 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hwsflow import __version__, rtnl_events, tc
-from hwsflow.collectors import CollectorSet, collector_set, resolve
-from hwsflow.config import Config, ConfigError, LinkInfo, global_changes, load_config
-from hwsflow.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
-from hwsflow.control_socket import AlreadyRunning, ControlServer
-from hwsflow.counters import counter_records
-from hwsflow.encoder import DatagramBuilder
-from hwsflow.groups import GroupTable
-from hwsflow.identity import agent_address
-from hwsflow.logs import RateLimiter
-from hwsflow.pipeline import SamplePipeline
-from hwsflow.ports import PortManager
-from hwsflow.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable, kernel_drops
-from hwsflow.mmsg import RecvBuffer
-from hwsflow.receive import BATCH, drain
-from hwsflow.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
-from hwsflow.status import RateMeter
-from hwsflow.systemd import notify
+from hwsflow import __version__
+
+from hwsflow.linux import rtnl_events, tc
+from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
+from hwsflow.core.config import Config, ConfigError, LinkInfo, global_changes, load_config
+from hwsflow.core.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
+from hwsflow.linux.control_socket import AlreadyRunning, ControlServer
+from hwsflow.core.counters import counter_records
+from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.core.groups import GroupTable
+from hwsflow.core.identity import agent_address
+from hwsflow.daemon.logs import RateLimiter
+from hwsflow.core.pipeline import SamplePipeline
+from hwsflow.daemon.ports import PortManager
+from hwsflow.linux.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable, kernel_drops
+from hwsflow.linux.mmsg import RecvBuffer
+from hwsflow.daemon.receive import BATCH, drain
+from hwsflow.linux.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
+from hwsflow.core.status import RateMeter
+from hwsflow.linux.systemd import notify
 
 log = logging.getLogger("hwsflow")
 

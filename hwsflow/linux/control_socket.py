@@ -17,7 +17,7 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
-from hwsflow.control import (
+from hwsflow.core.control import (
     MAX_REPLY, MAX_REQUEST, Request, RequestError, encode_request, error_reply, parse_reply, parse_request,
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hwsflow.encoder import encode_ethernet_counters, encode_if_counters, encode_port_name
+from hwsflow.wire.sflow import encode_ethernet_counters, encode_if_counters, encode_port_name
 
 UNKNOWN = 0xFFFFFFFF  # sFlow's "counter not available"
 ARPHRD_ETHER = 1

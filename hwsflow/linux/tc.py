@@ -22,8 +22,8 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NL
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWTFILTER
 
-from hwsflow import tc_nla
-from hwsflow.tc_nla import TC_ACT_UNSPEC, TcMsg
+from hwsflow.wire import tc_nla
+from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcMsg
 
 Direction = Literal["ingress", "egress"]
 Offload = Literal["auto", "required", "software"]

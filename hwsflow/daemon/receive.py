@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 import socket
 
-from hwsflow.collectors import CollectorSet
-from hwsflow.mmsg import RecvBuffer
-from hwsflow.pipeline import SamplePipeline
+from hwsflow.linux.collectors import CollectorSet
+from hwsflow.linux.mmsg import RecvBuffer
+from hwsflow.core.pipeline import SamplePipeline
 
 BATCH = 1024  # messages read per wakeup before yielding to timers and signals
 

@@ -2,7 +2,7 @@
 
 A raw AF_NETLINK socket rather than pyroute2's: pyroute2's asyncio sockets do
 not run on uvloop, and its per-message parsing is ~30x slower than
-hwsflow.psample (REFERENCE section 6).
+hwsflow.wire.psample (REFERENCE section 6).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import errno
 import os
 import socket
 
-from hwsflow.netlink import Family, NetlinkErrorReply, build_getfamily, parse_family_reply, parse_proc_netlink_drops
+from hwsflow.wire.netlink import Family, NetlinkErrorReply, build_getfamily, parse_family_reply, parse_proc_netlink_drops
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270

@@ -16,7 +16,7 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
-from hwsflow.mmsg import DatagramSender
+from hwsflow.linux.mmsg import DatagramSender
 
 SEND_BUFFER = 4 << 20  # bursts of datagrams must not fail for lack of socket buffer
 UNREPORTED = "error code dropped by sendmmsg"

@@ -11,7 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from hwsflow.psample_socket import no_enobufs
+from hwsflow.linux.psample_socket import no_enobufs
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1

@@ -14,7 +14,7 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 
-from hwsflow.netlink import (
+from hwsflow.wire.netlink import (
     GENL_HDR,
     HEADERS_LEN,
     NLA_HDR,

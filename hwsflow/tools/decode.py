@@ -11,8 +11,8 @@ import socket
 import sys
 from typing import Any, TextIO
 
-from hwsflow.pcap import read_udp_payloads
-from hwsflow.sflow_ref import format_datagram, parse_datagram
+from hwsflow.wire.pcap import read_udp_payloads
+from hwsflow.wire.sflow_ref import format_datagram, parse_datagram
 
 DEFAULT_PORT = 6343
 _MAX_UDP = 65535

@@ -102,7 +102,7 @@ def test_example_shows_every_key_at_its_default():
     example = load_config(str(EXAMPLE))
     minimal = parse_config(MINIMAL)
     for field in ("sub_agent_id", "polling", "defaults", "group_base", "datagram_size", "expanded", "rcvbuf",
-                  "keep_filters", "control_socket"):
+                  "keep_filters", "control_socket", "metrics"):
         assert getattr(example, field) == getattr(minimal, field), field
 
 
@@ -110,7 +110,8 @@ def test_example_sets_every_known_key():
     document = yaml.safe_load(EXAMPLE.read_text())
     assert set(document) == {
         "agent", "sub_agent_id", "targets", "sampling", "header", "direction", "offload", "priority", "chain",
-        "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "ports",
+        "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics",
+        "ports",
     }
 
 
@@ -799,6 +800,39 @@ def test_receive_only_header_counts_for_datagram_size():
     err = config_error(with_top("datagram_size: 300") + "  - {name: rep, group: 7, header: 150}\n")
     assert err.key == "datagram_size"
     assert "ports[1].header 150" in err.reason
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_is_off_by_default():
+    assert parse_config(MINIMAL).metrics is None
+
+
+@pytest.mark.parametrize("value,host,port", [
+    ("'127.0.0.1:9465'", "127.0.0.1", 9465), ("'[::1]:9465'", "::1", 9465), ("0.0.0.0:1", "0.0.0.0", 1),
+    ("'[2001:DB8::1]:65535'", "2001:db8::1", 65535),
+])
+def test_metrics_address(value, host, port):
+    metrics = parse_config(with_top(f"metrics: {value}")).metrics
+    assert metrics is not None and (metrics.host, metrics.port) == (host, port)
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("localhost:9465", "'localhost:9465': the host must be an IP address, as in \"127.0.0.1:9465\" or \"[::1]:9465\""),
+    ("127.0.0.1", "'127.0.0.1': give the port"),
+    ("'[::1]'", "'[::1]': give the port"),
+    ("127.0.0.1:0", "the port must be a number from 1 to 65535"),
+    ("'::1:9465'", "write an IPv6 address in brackets"),
+    ("9465", "got the integer 9465"),
+    ("yes", "got the boolean true"),
+    ("['127.0.0.1:9465']", "got a list"),
+])
+def test_metrics_errors_name_the_key(value, reason):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_top(f"metrics: {value}"))
+    assert info.value.key == "metrics"
+    assert reason in info.value.reason
 
 
 # ------------------------------------------------------------------ control_socket

@@ -126,6 +126,7 @@ class Config:
     keep_filters: bool
     control_socket: str
     ports: tuple[PortRule, ...]
+    metrics: Target | None = None  # where the Prometheus endpoint listens; None: no endpoint, no listening socket
 
     def rule_for(self, link: LinkInfo) -> PortRule | None:
         """A selecting rule that names the port wins wherever it is; otherwise the first selecting rule."""
@@ -144,7 +145,7 @@ class Config:
 
 # Top-level keys whose change a reload cannot apply port by port: the agent rebuilds what depends on them.
 GLOBAL_KEYS = ("agent", "sub_agent_id", "targets", "group_base", "datagram_size", "expanded", "rcvbuf",
-               "control_socket", "polling", "keep_filters")
+               "control_socket", "polling", "keep_filters", "metrics")
 
 
 def global_changes(old: Config, new: Config) -> list[str]:
@@ -182,12 +183,13 @@ _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "agent": None, "sub_agent_id": 0, "polling": 20, "group_base": 1000, "datagram_size": 1400,
     "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": "/run/hwsflow/control.sock",
+    "metrics": None,
 })
 _PORT_SETTING_KEYS = tuple(PortSettings.__dataclass_fields__)
 _SELECTOR_KEYS = ("name", "match", "switch_id", "port_name")
 _PORT_KEYS = (*_SELECTOR_KEYS, "group", *_PORT_SETTING_KEYS)
 _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling", "group_base",
-             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "ports")
+             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ports")
 # what a receive-only rule cannot use: they shape the filter hwsflow does not install for it
 _FILTER_ONLY_KEYS = ("offload", "priority", "chain")
 _ONE_WAY: tuple[Direction, ...] = ("ingress", "egress")
@@ -611,6 +613,26 @@ def _control_socket(value: object) -> str:
     return path
 
 
+def _metrics(value: object) -> Target | None:
+    """The endpoint's address: an IP literal (a listener is never chosen by DNS) and an explicit port."""
+    if value is None:
+        return None
+    key = "metrics"
+    text = _text(key, value, 'an address to serve Prometheus metrics on, as "127.0.0.1:9465" or "[::1]:9465"')
+    example = 'as in "127.0.0.1:9465" or "[::1]:9465"'
+    try:
+        target = _parse_target(text)
+    except ValueError as err:
+        raise _Invalid(key, f"{_quoted(text)}: {err}") from None
+    try:
+        ipaddress.ip_address(target.host)
+    except ValueError:
+        raise _Invalid(key, f"{_quoted(text)}: the host must be an IP address, {example}") from None
+    if not re.search(r":[0-9]+$", text):  # the collectors' default port is no default for a listener
+        raise _Invalid(key, f"{_quoted(text)}: give the port, {example}")
+    return target
+
+
 def _check_datagram_size(config: Config) -> None:
     """A sample must fit an empty datagram, or it could never be sent."""
     headers = [("header", config.defaults.header)]
@@ -650,6 +672,7 @@ def _config(document: object, path: str) -> Config:
         keep_filters=_bool("keep_filters", top["keep_filters"]),
         control_socket=_control_socket(top["control_socket"]),
         ports=_ports(document["ports"], defaults),
+        metrics=_metrics(top["metrics"]),
     )
     _check_datagram_size(config)
     _check_groups(config)

@@ -40,6 +40,14 @@ def test_render_shows_every_figure_and_explains_not_in_hw_and_runtime_changes():
     assert NOT_IN_HW_NOTE not in render(_status())
 
 
+def test_render_names_reloads_and_the_metrics_endpoint_only_when_there_are_some():
+    status = _status()
+    assert "reloads" not in render(status) and "metrics" not in render(status)
+    status["agent"].update(reloads={"applied": 2, "rejected": 1}, metrics="[::1]:9465")
+    text = render(status)
+    assert "reloads: 2 applied, 1 rejected" in text and "metrics: http://[::1]:9465/metrics" in text
+
+
 def test_render_names_internal_errors_only_when_there_are_some():
     status = _status()
     assert "internal errors" not in render(status)

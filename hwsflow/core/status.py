@@ -90,6 +90,12 @@ def render(status: dict) -> str:
     ]
     if agent.get("internal_errors"):
         lines.append(f"internal errors: {agent['internal_errors']} psample batches dropped (a bug: see the log)")
+    reloads = agent.get("reloads", {})
+    if any(reloads.values()):
+        lines.append(f"reloads: {reloads.get('applied', 0)} applied, {reloads.get('rejected', 0)} rejected "
+                     "(invalid file: see the log)")
+    if agent.get("metrics"):
+        lines.append(f"metrics: http://{agent['metrics']}/metrics")
     lines.append("")
     ports = status["ports"]
     if ports:

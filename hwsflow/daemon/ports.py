@@ -8,6 +8,7 @@ only touches the ports whose plan changed, so the others keep sampling.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,10 +35,30 @@ class WatchedPort:
     states: dict[str, tc.FilterState] = field(default_factory=dict)  # by direction, as last read
     created_qdisc: bool = False
     error: str | None = None  # why (a direction of) the port is not sampled; retried when its plan changes
+    error_code: str | None = None  # the same as a short code (failure_code), for metrics
+    heals: dict[str, int] = field(default_factory=dict)  # filters reinstalled, by what was found (heal_cause)
 
     @property
     def ifname(self) -> str:
         return self.plan.ifname
+
+
+def failure_code(err: BaseException) -> str:
+    """Why a port could not be set up, as a bounded code: the errno name when the kernel refused,
+    else `tc_state` (another program's qdisc is in the way, or the filter vanished)."""
+    for cause in (err, err.__cause__):
+        code = getattr(cause, "code", None) if cause is not None else None
+        code = code if isinstance(code, int) else getattr(cause, "errno", None)
+        if isinstance(code, int) and code in errno.errorcode:
+            return errno.errorcode[code]
+    return "tc_state"
+
+
+def heal_cause(filter_present: bool, qdisc_created: bool) -> str:
+    """What a heal found: no qdisc (hwsflow made one again), a filter of ours that differs, or no filter."""
+    if qdisc_created:
+        return "qdisc_missing"
+    return "filter_changed" if filter_present else "filter_missing"
 
 
 def offload_text(state: tc.FilterState | None) -> str:
@@ -103,7 +124,8 @@ class PortManager:
         """Make the port sample as plan says, replacing what it had; its data source (sequence numbers,
         pool) stays when only settings change."""
         current = self.ports.get(plan.ifindex)
-        port = WatchedPort(plan, created_qdisc=current.created_qdisc if current else False)
+        port = WatchedPort(plan, created_qdisc=current.created_qdisc if current else False,
+                           heals=current.heals if current else {})
         self.ports[plan.ifindex] = port
         wanted_directions = set(plan.directions) if plan.receive_group is None else set()
         for spec in current.specs if current else []:
@@ -140,10 +162,11 @@ class PortManager:
             port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, plan.ifindex, plan.ifname, direction)
             state, adopted = await self.rtnl.call(tc.install, spec)
         except tc.TcError as err:
-            self._failed(port, direction, str(err))
+            self._failed(port, direction, str(err), failure_code(err))
             return
         except (NetlinkError, OSError) as err:  # the port vanished meanwhile, or the kernel said no
-            self._failed(port, direction, f"port {plan.ifname}: cannot install the {direction} filter: {err}")
+            self._failed(port, direction, f"port {plan.ifname}: cannot install the {direction} filter: {err}",
+                         failure_code(err))
             return
         if adopted and not port.created_qdisc:
             port.created_qdisc = await self.rtnl.call(tc.holds_only_own, plan.ifindex)
@@ -156,9 +179,9 @@ class PortManager:
                  " (software only: only the slow path is sampled)" if state.in_hw is False else "",
                  ", adopted the filter an earlier run left" if adopted else "")
 
-    def _failed(self, port: WatchedPort, direction: tc.Direction, message: str) -> None:
+    def _failed(self, port: WatchedPort, direction: tc.Direction, message: str, code: str) -> None:
         log.error("%s", message)
-        port.error = message
+        port.error, port.error_code = message, code
         self.groups.release(port.plan.ifindex, direction)
 
     async def _uninstall(self, port: WatchedPort, spec: tc.FilterSpec) -> None:
@@ -206,12 +229,14 @@ class PortManager:
                     continue
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
                     return None  # the program that owned the qdisc may be re-creating it: let it
-                await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
+                created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
+                cause = heal_cause(state is not None, created)
                 state, _ = await self.rtnl.call(tc.install, spec)
             except (tc.TcError, NetlinkError, OSError) as err:
                 log.error("port %s: cannot reinstall the %s filter: %s", port.ifname, spec.direction, err)
                 continue
             port.states[spec.direction] = state
+            port.heals[cause] = port.heals.get(cause, 0) + 1
             binding = self.groups.get(spec.group)
             if binding is not None:
                 binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
@@ -286,9 +311,12 @@ class PortManager:
             else:
                 texts = {offload_text(state) for state in port.states.values()}
                 offload = texts.pop() if len(texts) == 1 else "mixed"
+            rates = {state.rate for state in port.states.values()}
             rows.append({
                 "port": port.ifname, "ifindex": ifindex, "groups": groups, "rate": plan.settings.sampling,
                 "direction": plan.settings.direction, "offload": offload, "runtime": plan.runtime,
-                "error": port.error,
+                "error": port.error, "error_code": port.error_code, "heals": dict(port.heals),
+                # the filters' rate as the kernel reports it (the highest, should directions differ)
+                "current_rate": max(rates) if rates else None,
             })
         return rows

@@ -269,16 +269,31 @@ def _hex_address(text: str) -> tuple[str, int]:
     return address, int(port, 16)
 
 
-def listening_problems(pid: int, control_socket: str, collector_port: int) -> list[str]:
-    """What of the process's sockets the network could reach, beyond connected collector sockets."""
+def proc_address(host: str, port: int) -> str:
+    """host:port as /proc/net/tcp{,6} writes a local address: each 32-bit word of the address in host order."""
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    words = [packed[i:i + 4][::-1] for i in range(0, len(packed), 4)]
+    return f"{b''.join(words).hex().upper()}:{port:04X}"
+
+
+def listening_problems(pid: int, control_socket: str, collector_port: int,
+                       metrics: tuple[str, int] | None = None) -> list[str]:
+    """What of the process's sockets the network could reach, beyond connected collector sockets and
+    the one TCP listener of the configured metrics endpoint; a configured endpoint that is not
+    listening is a problem too."""
     table = socket_table(pid)
     problems = []
+    expected = proc_address(*metrics) if metrics is not None else None
+    found = 0
     for inode in sorted(socket_inodes(pid)):
         entry = table.get(inode)
         if entry is None:
             problems.append(f"socket {inode}: in no table of /proc/net, its kind unknown")
         elif entry.table in ("tcp", "tcp6"):
             state = "listening" if entry.fields[3] == _TCP_LISTEN else "connected"
+            if state == "listening" and entry.fields[1] == expected:
+                found += 1
+                continue
             problems.append(f"socket {inode}: a {state} TCP socket {entry.fields[1]}")
         elif entry.table in ("udp", "udp6"):
             remote = _hex_address(entry.fields[2])
@@ -291,24 +306,37 @@ def listening_problems(pid: int, control_socket: str, collector_port: int) -> li
                 problems.append(f"socket {inode}: a listening Unix socket {path or '(abstract or unnamed)'}")
         elif entry.table != "netlink":  # netlink talks to the kernel only
             problems.append(f"socket {inode}: a {entry.table} socket, which takes traffic from the network")
+    if metrics is not None and found != 1:
+        problems.append(f"{found} TCP listeners on the metrics endpoint {metrics[0]}:{metrics[1]}, not one")
     return problems
 
 
-def test_the_running_agent_listens_only_on_its_control_socket(tmp_path):
+def _free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("metrics_host", [None, "127.0.0.1", "::1"])
+def test_the_running_agent_listens_only_on_its_control_socket(tmp_path, metrics_host):
     """`hwsflow run` as root on this host: psample is absent here, so it waits for the module, with
-    its control socket, rtnetlink and collector sockets open, which is what is checked."""
+    its control socket, rtnetlink and collector sockets open, which is what is checked.  Without
+    `metrics` nothing listens on the network; with it, exactly the configured endpoint does."""
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     collector.bind(("127.0.0.1", 0))
     port = collector.getsockname()[1]
     control = str(tmp_path / "run" / "control.sock")
     config = tmp_path / "hwsflow.yaml"
+    metrics = (metrics_host, _free_tcp_port(metrics_host)) if metrics_host is not None else None
+    endpoint = f"[{metrics_host}]" if metrics_host and ":" in metrics_host else metrics_host
     config.write_text(f"targets: ['127.0.0.1:{port}', '[::1]:{port}']\ncontrol_socket: {control}\n"
-                      "ports: [{name: hwsfsec0}]\n")  # a port that does not exist: no tc state is touched
+                      + (f"metrics: '{endpoint}:{metrics[1]}'\n" if metrics else "")
+                      + "ports: [{name: hwsfsec0}]\n")  # a port that does not exist: no tc state is touched
     agent = subprocess.Popen([sys.executable, "-m", "hwsflow", "run", "--config", str(config)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         status = _wait_for_status(control, agent, deadline=time.monotonic() + 60)
-        problems = listening_problems(agent.pid, control, port)
+        problems = listening_problems(agent.pid, control, port, metrics)
         kinds = sorted({entry.table for inode, entry in socket_table(agent.pid).items()
                         if inode in socket_inodes(agent.pid)})
     finally:
@@ -342,6 +370,23 @@ def test_the_socket_check_finds_what_listens(tmp_path):
     assert len(problems) == 3, problems
     assert any("listening TCP" in p for p in problems) and any("UDP" in p for p in problems)
     assert any(f"listening Unix socket {tmp_path}/other.sock" in p for p in problems)
+
+
+def test_the_socket_check_finds_a_listener_other_than_the_metrics_endpoint(tmp_path):
+    """The metrics endpoint is the one TCP listener allowed: another address, or none at all, is found."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENERS, str(tmp_path / "other.sock")], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        listening = [e.fields[1] for i, e in socket_table(child.pid).items()
+                     if i in socket_inodes(child.pid) and e.table == "tcp"]
+        host, port = "127.0.0.1", int(listening[0].split(":")[1], 16)
+        allowed = listening_problems(child.pid, str(tmp_path / "other.sock"), 6343, (host, port))
+        elsewhere = listening_problems(child.pid, str(tmp_path / "other.sock"), 6343, (host, port + 1))
+    finally:
+        child.kill()
+        child.wait(10)
+    assert allowed and not any("TCP" in p for p in allowed), allowed  # the UDP socket is still found
+    assert any("listening TCP" in p for p in elsewhere) and any("0 TCP listeners" in p for p in elsewhere)
 
 
 def _wait_for_status(control: str, agent: subprocess.Popen, deadline: float) -> dict:

@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -39,6 +39,9 @@ from hwsflow.daemon.receive import BATCH, drain
 from hwsflow.linux.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
 from hwsflow.core.status import RateMeter
 from hwsflow.linux.systemd import notify
+
+if TYPE_CHECKING:
+    from hwsflow.linux.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger("hwsflow")
 
@@ -74,6 +77,8 @@ class Agent:
         self.rates = RateMeter()
         self._collector_errors: dict[str, int] = {}
         self.internal_errors = 0  # psample batches lost to a bug in decoding: should stay 0
+        self.reloads = {"applied": 0, "rejected": 0}  # SIGHUPs by outcome
+        self.metrics: MetricsEndpoint | None = None  # the Prometheus endpoint, when the config asks for one
         self._events: socket.socket | None = None
         self._events_inode = 0
         self._events_drops = 0
@@ -103,6 +108,7 @@ class Agent:
             raise AgentError(str(err)) from None
         except OSError as err:
             raise AgentError(f"control socket {self.config.control_socket}: {err.strerror or err}") from None
+        self._serve_metrics(self.config)  # before any tc state changes: a port in use ends the start cleanly
         await self._open_output(self.config)
         # join psample before installing filters, so no sample is built unheard; when the module is
         # absent, the first sample filter loads it (act_sample depends on psample), so install anyway
@@ -433,6 +439,7 @@ class Agent:
             new = load_config(self.config.path)
         except ConfigError as err:
             log.error("reload: %s; the running config stays in effect", err)
+            self.reloads["rejected"] += 1
             return
         old = self.config
         changed = global_changes(old, new)
@@ -440,6 +447,8 @@ class Agent:
             await self._open_output(new)  # collector names are resolved again at every reload
             if "rcvbuf" in changed and self.psample is not None:
                 self.psample.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, new.rcvbuf)
+            if "metrics" in changed:
+                self._serve_metrics(new, reload=True)
             if "control_socket" in changed:
                 log.warning("reload: control_socket changes take effect at the next restart; still %s",
                             old.control_socket)
@@ -453,6 +462,7 @@ class Agent:
             links = await self.rtnl.call(read_links)
             self._set_links(links)
             await self.ports.reconcile(links)
+        self.reloads["applied"] += 1
         log.info("reloaded %s%s", new.path, f" (changed: {', '.join(changed)})" if changed else "")
 
     # ---------------------------------------------------------------- control socket
@@ -488,6 +498,7 @@ class Agent:
                 samples=source.samples if source else 0,
                 drops=source.drops if source else 0,
                 pool=source.pool & 0xFFFFFFFF if source else 0,
+                pool_total=source.pool if source else 0,  # before the 32-bit wrap: a counter for metrics
                 last_sample_age_s=self.rates.age(row["ifindex"], now),
             )
             ports.append(row)
@@ -502,6 +513,8 @@ class Agent:
                 "foreign": stats.foreign if stats else 0,
                 "malformed": stats.malformed if stats else 0,
                 "internal_errors": self.internal_errors,
+                "reloads": dict(self.reloads),
+                "metrics": self.metrics.address if self.metrics is not None else None,
             },
             "ports": ports,
             "disabled": sorted(name for name, settings in self.ports.overrides.items() if settings is None),
@@ -510,6 +523,27 @@ class Agent:
                 for c in self.collectors.collectors
             ],
         }
+
+    # ---------------------------------------------------------------- metrics endpoint
+
+    def _serve_metrics(self, config: Config, reload: bool = False) -> None:
+        """Start, move or stop the Prometheus endpoint as config says; a failure to listen stops the start,
+        and at a reload leaves no endpoint (the error names the key)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if config.metrics is None:
+            return
+        from hwsflow.linux.metrics_endpoint import MetricsEndpoint, MetricsError  # the client library loads only if used
+        try:
+            self.metrics = MetricsEndpoint(config.metrics.host, config.metrics.port, self.status,
+                                           asyncio.get_running_loop())
+        except MetricsError as err:
+            if not reload:
+                raise AgentError(f"{config.path}: {err}") from None
+            log.error("reload: %s; no metrics endpoint until it is fixed", err)
+            return
+        log.info("metrics endpoint on %s", self.metrics.address)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -552,6 +586,8 @@ class Agent:
             async with self._lock:
                 for ifindex in list(self.ports.ports):
                     await self.ports.unwatch(ifindex)
+        if self.metrics is not None:
+            self.metrics.close()
         await self.control.close()
         self.collectors.close()
         self.rtnl.close()

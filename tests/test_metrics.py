@@ -1,4 +1,5 @@
-"""The Prometheus endpoint: the mapping from the status, the running endpoint and promtool.
+"""The Prometheus endpoint: the mapping from the status, the running endpoint, promtool, the alert rules
+and the example Grafana dashboard.
 
 The real Prometheus server scraping an agent that samples is in the VM test
 (tests/vm/test_vm_metrics.py); here the agent runs on this host, where psample
@@ -9,6 +10,7 @@ is absent, so its figures stand still and the scrape can be compared with
 from __future__ import annotations
 
 import errno
+import json
 import re
 import signal
 import socket
@@ -31,6 +33,7 @@ from hwsflow.linux.control_socket import NotRunning, request
 
 REPO = Path(__file__).resolve().parents[1]
 PROMTOOL = REPO / ".cache/prometheus/usr/bin/promtool"
+MONITORING = REPO / "monitoring"
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -301,3 +304,42 @@ def test_a_reload_starts_moves_and_stops_the_endpoint_and_is_counted(tmp_path):
         (None, [False, False], {"applied": 3, "rejected": 1}),  # an invalid file: nothing changes, counted
     ], output
     assert "metrics: 'not an address': " in output
+
+
+# ---------------------------------------------------------------- alert rules and dashboard
+
+
+def test_promtool_checks_the_alert_rules():
+    check = subprocess.run([str(PROMTOOL), "check", "rules", str(MONITORING / "hwsflow-rules.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "4 rules found" in check.stdout
+
+
+def test_promtool_tests_the_alert_rules():
+    """Each alert fires on the series that should raise it and no other (hwsflow-rules-test.yml)."""
+    check = subprocess.run([str(PROMTOOL), "test", "rules", "hwsflow-rules-test.yml"], cwd=MONITORING,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_rules_alert_on_what_the_issue_names():
+    rules = (MONITORING / "hwsflow-rules.yml").read_text()
+    for alert in ("HwsflowLosingSamples", "HwsflowPortFailed", "HwsflowCollectorFailing"):
+        assert f"alert: {alert}" in rules
+
+
+def dashboard_metric_names() -> set[str]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
+    return {name for expr in exprs for name in re.findall(r"\b((?:hwsflow|process)_[a-z0-9_]+)\b", expr)}
+
+
+def test_every_metric_the_dashboard_queries_is_exported(agent):
+    # every family's TYPE line, with or without samples at this moment (a failed port, a heal)
+    exported = set(re.findall(r"^# TYPE (\S+) ", scrape(agent["url"]), re.M))
+    queried = dashboard_metric_names()
+    assert len(queried) >= 15  # the dashboard does query the exporter's figures
+    assert queried - exported == set()
+

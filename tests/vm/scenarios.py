@@ -126,7 +126,8 @@ def scenario_config_error(rwdir: Path, out: dict) -> None:
 
 
 SCENARIOS = [scenario_pipeline, scenario_refusals, scenario_config_error]
-MODULES = ("tests.vm.scenarios_accounting", "tests.vm.scenarios_operations", "tests.vm.scenarios_faults")
+MODULES = ("tests.vm.scenarios_accounting", "tests.vm.scenarios_operations", "tests.vm.scenarios_faults",
+           "tests.vm.scenarios_metrics")
 
 
 def all_scenarios(only: list[str]) -> list:

@@ -96,7 +96,7 @@ def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path
         tmp_path, hwsflow_agent="eno1", hwsflow_sub_agent_id=3, hwsflow_header="96", hwsflow_direction="both",
         hwsflow_offload="software", hwsflow_priority=2, hwsflow_chain=0, hwsflow_group_base=5000,
         hwsflow_datagram_size=1200, hwsflow_expanded="yes", hwsflow_rcvbuf=1048576, hwsflow_keep_filters=True,
-        hwsflow_control_socket="/run/hwsflow/ctl.sock",
+        hwsflow_control_socket="/run/hwsflow/ctl.sock", hwsflow_metrics="[::1]:9465",
         hwsflow_ports=[{"switch_id": "0015401234", "port_name": "p0"}, {"name": "enp4s0f0_2", "group": "7"}])
     result = ansible("--tags", "config", str(SITE), extra=extra)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -104,6 +104,7 @@ def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path
     assert (config.agent, config.sub_agent_id, config.group_base, config.datagram_size) == ("eno1", 3, 5000, 1200)
     assert (config.expanded, config.rcvbuf, config.keep_filters) == (True, 1048576, True)
     assert config.control_socket == "/run/hwsflow/ctl.sock"
+    assert config.metrics is not None and (config.metrics.host, config.metrics.port) == ("::1", 9465)
     assert (config.defaults.header, config.defaults.direction, config.defaults.offload) == (96, "both", "software")
     assert config.ports[0].switch_id == "0015401234", "a switch id of digits must stay a string"
     assert config.ports[1].group == 7

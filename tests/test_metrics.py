@@ -9,6 +9,7 @@ is absent, so its figures stand still and the scrape can be compared with
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import re
@@ -16,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,8 +31,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hwsflow.core.control import Status
 from hwsflow.core.metrics import ERROR_WITHOUT_ERRNO, OFFLOAD_STATES, error_code, families
 from hwsflow.daemon.ports import failure_code, heal_cause
-from hwsflow.linux import tc
+from hwsflow.linux import metrics_endpoint, tc
 from hwsflow.linux.control_socket import NotRunning, request
+from hwsflow.linux.metrics_endpoint import MetricsEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PROMTOOL = REPO / ".cache/prometheus/usr/bin/promtool"
@@ -304,6 +308,55 @@ def test_a_reload_starts_moves_and_stops_the_endpoint_and_is_counted(tmp_path):
         (None, [False, False], {"applied": 3, "rejected": 1}),  # an invalid file: nothing changes, counted
     ], output
     assert "metrics: 'not an address': " in output
+
+
+class LoopThread:
+    """An event loop in a thread of its own, standing for the agent's."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_failed_status_answers_503_with_one_log_line(caplog):
+    def broken() -> dict:
+        raise KeyError("ports")
+
+    loop = LoopThread()
+    port = _free_port("127.0.0.1")
+    endpoint = MetricsEndpoint("127.0.0.1", port, broken, loop.loop)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        endpoint.close()
+        loop.close()
+    assert info.value.code == 503
+    assert [r.getMessage() for r in caplog.records] == ["metrics: a scrape failed: KeyError: 'ports'"]
+
+
+def test_a_silent_client_is_dropped_and_others_are_served(monkeypatch):
+    """A connection that sends nothing holds a thread only until the request timeout; meanwhile, and
+    after, scrapes are answered."""
+    monkeypatch.setattr(metrics_endpoint.MetricsRequestHandler, "timeout", 0.5)
+    loop = LoopThread()
+    port = _free_port("127.0.0.1")
+    endpoint = MetricsEndpoint("127.0.0.1", port, lambda: STATUS, loop.loop)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+            assert "hwsflow_port_samples_total" in scrape(f"http://127.0.0.1:{port}/metrics")
+            assert silent.recv(1024) == b""  # the server closed it: end of file, not our 30 s timeout
+    finally:
+        endpoint.close()
+        loop.close()
+    with pytest.raises(OSError):  # closed: nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 # ---------------------------------------------------------------- alert rules and dashboard

@@ -29,6 +29,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from hwsflow.core.metrics import families
+from hwsflow.linux.collectors import format_target
 
 log = logging.getLogger("hwsflow")
 
@@ -97,7 +98,7 @@ class MetricsEndpoint:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(status, loop))
         ProcessCollector(registry=self.registry)
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = format_target(host, port)
         server_class = type("Server", (ThreadingWSGIServer,),
                             {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
         try:

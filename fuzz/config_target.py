@@ -10,6 +10,7 @@ holds only values in their documented ranges.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from functools import lru_cache
@@ -47,6 +48,8 @@ def check_config(config: Config) -> None:
         check_settings(rule.settings)
         assert any(s is not None for s in (rule.name, rule.match, rule.switch_id, rule.port_name))
         assert config.datagram_size >= rule.settings.header + SAMPLE_ROOM
+    if config.metrics is not None:  # a listener: an IP literal, never a name, and a real port
+        assert ipaddress.ip_address(config.metrics.host) and 1 <= config.metrics.port <= 65535
 
 
 @lru_cache(maxsize=1)

@@ -1079,12 +1079,12 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True),
     st.text(max_size=20), st.sampled_from(["ingress", "both", "auto", "eth0", "enp4s0f0_*", "192.0.2.1:6343",
                                            "[2001:db8::1]:6343", "yes", "400", "", "00:15:4d:12:34", "pf0vf*",
-                                           "/run/hwsflow/control.sock"]),
+                                           "/run/hwsflow/control.sock", "127.0.0.1:9465"]),
 )
 keys = st.one_of(
     st.sampled_from(["agent", "sub_agent_id", "targets", "sampling", "header", "polling", "direction", "offload",
                      "priority", "chain", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters",
-                     "control_socket", "ports", "name", "match", "switch_id", "port_name", "group"]),
+                     "control_socket", "metrics", "ports", "name", "match", "switch_id", "port_name", "group"]),
     st.text(max_size=10), st.integers(), st.booleans(), st.none(),
 )
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6),
@@ -1099,7 +1099,8 @@ def test_random_documents_give_config_or_config_error(document):
 
 @given(st.dictionaries(st.sampled_from(["agent", "sub_agent_id", "sampling", "header", "polling", "direction",
                                         "offload", "priority", "chain", "group_base", "datagram_size", "expanded",
-                                        "rcvbuf", "keep_filters", "control_socket"]), documents, max_size=4),
+                                        "rcvbuf", "keep_filters", "control_socket", "metrics"]), documents,
+                                       max_size=4),
        st.lists(st.dictionaries(keys, documents, max_size=4), max_size=3))
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 def test_near_valid_documents_fail_on_a_named_key(top, extra_ports):

@@ -27,7 +27,7 @@ COMPLETE = {
     "agent": "eno1", "sub_agent_id": 3, "targets": ["192.0.2.10:6343", "[2001:db8::1]:6343"], "sampling": 400,
     "header": 128, "polling": 20, "direction": "both", "offload": "auto", "priority": 1, "chain": 0,
     "group_base": 1000, "datagram_size": 1400, "expanded": False, "rcvbuf": 33554432, "keep_filters": False,
-    "control_socket": "/run/hwsflow/control.sock",
+    "control_socket": "/run/hwsflow/control.sock", "metrics": "127.0.0.1:9465",
     "ports": [{"name": "enp4s0f0_1", "sampling": 100}, {"match": "enp4s0f0_*", "header": 64, "direction": "ingress"},
               {"switch_id": "00154d1234", "port_name": "pf0vf*", "offload": "software", "priority": 3, "chain": 2}],
 }
@@ -106,7 +106,7 @@ def test_an_unknown_key_is_named_exactly(key, where, value):
 
 
 @SETTINGS
-@given(st.sampled_from(["agent", "targets", "control_socket", "name", "match", "switch_id", "port_name"]),
+@given(st.sampled_from(["agent", "targets", "control_socket", "metrics", "name", "match", "switch_id", "port_name"]),
        st.one_of(plain_text, st.text(min_size=200, max_size=5000), st.integers(), st.floats(), st.none(),
                  structures, st.lists(plain_text, max_size=3)))
 def test_any_value_of_a_text_key_gives_config_or_a_bounded_error_naming_it(key, value):

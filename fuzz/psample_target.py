@@ -2,8 +2,8 @@
 
 The contract checked (psample.py and pipeline.py docstrings): decode_sample raises
 only MalformedMessage; fast_decode either declines (None) or agrees with it; and
-feeding any bytes to the pipeline, as one read or as recvmmsg slots, never
-raises and ends every netlink message in exactly one count: an exported sample,
+feeding any bytes to the pipeline, as one read or as recvmmsg slots, on the Python path
+and on the compiled loop (when built), never raises, gives both paths the same datagrams and counts, and ends every netlink message in exactly one count: an exported sample,
 a foreign group, a malformed message or another message, as the general parser
 judges it.  The datagrams it sends parse with the reference decoder and respect
 the datagram size and header length.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
+from hwsflow.core import fastpath
 from hwsflow.wire import psample, sflow_ref
 from hwsflow.wire.sflow import DatagramBuilder
 from hwsflow.core.groups import GroupTable
@@ -53,13 +54,13 @@ class Counts:
     other: int = 0
 
 
-def make_pipeline(setup: Setup) -> SamplePipeline:
+def make_pipeline(setup: Setup, compiled: bool = False) -> SamplePipeline:
     groups = GroupTable(INGRESS_GROUP)
     groups.bind(setup.ifindex, "p0", "ingress", 10, setup.header)
     groups.bind(setup.ifindex, "p0", "egress", 10, setup.header)
     agent = "2001:db8::1" if setup.ipv6 else "192.0.2.1"
     builder = DatagramBuilder(agent, 7, max(setup.datagram_size, setup.header + 200), setup.expanded)
-    pipeline = SamplePipeline(builder, groups, FAMILY)
+    pipeline = SamplePipeline(builder, groups, FAMILY, compiled=compiled)
     pipeline.set_links([1, 7, setup.ifindex])
     return pipeline
 
@@ -139,16 +140,21 @@ def check_pieces(pieces: list[bytes], setup: Setup) -> Counts:
     """Feed pieces (one read, or one recvmmsg slot each) to a fresh pipeline: every message is counted
     once, as the general parser judges it, and the datagrams are sound."""
     pipeline = make_pipeline(setup)
+    compiled = make_pipeline(setup, compiled=fastpath.available())
     expected = Counts()
     for piece in pieces:
         expect(piece, set(pipeline.groups.by_group), expected)
     feed(pipeline, pieces)
+    feed(compiled, pieces)
     got = pipeline.stats
+    assert compiled.stats == got, f"compiled loop counted {compiled.stats}, the Python path {got}"
     assert (got.messages, got.samples, got.foreign, got.malformed, got.other) == astuple(expected), \
         f"counted {got}, expected {expected} for {[piece.hex() for piece in pieces]}"
     flows = 0
-    for datagram in pipeline.take():
-        assert len(datagram) <= pipeline.builder._max
+    datagrams = pipeline.take()
+    assert compiled.take() == datagrams, "the compiled loop and the Python path made different datagrams"
+    for datagram in datagrams:
+        assert len(datagram) <= pipeline.builder.max_size
         for sample in sflow_ref.parse_datagram(datagram)["samples"]:
             assert len(sample["records"][0]["header"]) <= setup.header
             flows += 1

@@ -14,10 +14,10 @@ FAMILY = 0x1C
 BIG_IFINDEX = 0x12345  # above 65535: psample's IIFINDEX carries only 0x2345
 
 
-def make_pipeline(direction="ingress", header=64, max_size=1400):
+def make_pipeline(direction="ingress", header=64, max_size=1400, compiled=None):
     groups = GroupTable(1000)
     groups.bind(BIG_IFINDEX, "p0", direction, 10, header)
-    pipeline = SamplePipeline(DatagramBuilder("192.0.2.1", max_size=max_size), groups, FAMILY)
+    pipeline = SamplePipeline(DatagramBuilder("192.0.2.1", max_size=max_size), groups, FAMILY, compiled=compiled)
     pipeline.set_links([1, 7, BIG_IFINDEX])
     return pipeline
 
@@ -152,87 +152,3 @@ def test_several_messages_in_one_read():
     pipeline.feed(blob, len(blob), 10)
     pipeline.flush(10)
     assert len(flows([sflow_ref.parse_datagram(d) for d in pipeline.take()])) == 4
-
-
-layouts = st.fixed_dictionaries({
-    "oif": st.sampled_from([0, 0, 9]), "timestamp": st.sampled_from([None, 1]),
-    "cookie": st.sampled_from([None, b"c"]), "data": st.binary(max_size=200),
-    "orig_size": st.integers(0, 2**32 - 1),
-    "out_tc": st.sampled_from([None, None, 0, 7]),
-    "out_tc_occ": st.one_of(st.none(), st.none(), st.integers(0, 2**64 - 1)),
-    "latency": st.one_of(st.none(), st.none(), st.integers(0, 2**64 - 1)),
-})
-
-
-def twin_pipelines(direction: str, ifindex: int, header: int, max_size: int, expanded: bool, agent: str):
-    """Two identical pipelines, one port bound in the given direction."""
-    made = []
-    for _ in range(2):
-        groups = GroupTable(1000)
-        groups.bind(ifindex, "p0", direction, 10, header)
-        pipeline = SamplePipeline(DatagramBuilder(agent, max_size=max_size, expanded=expanded), groups, FAMILY)
-        pipeline.set_links([1, 7, ifindex])
-        made.append(pipeline)
-    return made
-
-
-def state(pipeline: SamplePipeline):
-    """Everything the path leaves behind besides datagrams: stats, binding, data source, builder."""
-    (binding,) = pipeline.groups.by_group.values()
-    return pipeline.stats, binding, binding.source, pipeline.builder.sequence, pipeline.builder.pending
-
-
-setups = st.fixed_dictionaries({
-    "direction": st.sampled_from(["ingress", "ingress", "egress"]),
-    "ifindex": st.sampled_from([BIG_IFINDEX, 0xFFFFFF, 0x1000000]),  # compact, its limit, expanded
-    "header": st.sampled_from([64, 128, 129, 1024]),
-    "max_size": st.sampled_from([300, 700, 1400]),
-    "expanded": st.booleans(),
-    "agent": st.sampled_from(["192.0.2.1", "2001:db8::1"]),
-})
-# GROUP_SEQ steps: the next one, gaps, repeats, jumps back (a recreated group), a run of zeros (mlx5)
-seq_steps = st.sampled_from([1, 1, 1, 1, 2, 5, 0, -3, 2**31])
-# two thirds in act_sample's usual layout, which feed packs itself; the rest anything
-usual_or_any = st.one_of(
-    st.fixed_dictionaries({"data": st.binary(max_size=300), "orig_size": st.integers(0, 2**32 - 1)}),
-    st.fixed_dictionaries({"data": st.binary(min_size=60, max_size=70)}), layouts)
-
-
-@settings(max_examples=300, deadline=None)
-@given(setups, st.lists(st.tuples(usual_or_any, seq_steps), min_size=1, max_size=16), st.booleans())
-def test_fast_and_general_paths_export_identical_datagrams(setup, specs, zeros):
-    """Whatever path each message takes, the datagrams are the same bytes and the state the same values."""
-    msgs, seq = [], 2**32 - 3  # wraps within the run
-    for spec, step in specs:
-        seq = 0 if zeros else (seq + step) & 0xFFFFFFFF
-        msgs.append(psample.build_message(kernel_sample(seq, **spec), FAMILY))
-    fast, slow = twin_pipelines(**setup)
-    for msg in msgs:
-        fast.feed(msg, len(msg), 42)
-        slow.stats.messages += 1
-        slow.add_sample(psample.decode_sample(msg), 42)
-    assert state(fast) == state(slow)
-    fast.flush(42)
-    slow.flush(42)
-    assert fast.take() == slow.take()
-
-
-@settings(max_examples=300)
-@given(layouts, st.data())
-def test_feed_inlined_fast_path_matches_the_general_path_on_damaged_messages(spec, data):
-    """feed() inlines psample.fast_decode's checks: whatever bytes arrive, it must act as the general path."""
-    msg = bytearray(psample.build_message(kernel_sample(7, **spec), FAMILY))
-    for _ in range(data.draw(st.integers(0, 3))):
-        msg[data.draw(st.integers(0, len(msg) - 1))] = data.draw(st.integers(0, 255))
-    msg = bytes(msg[:data.draw(st.integers(0, len(msg)))])
-    fast = make_pipeline(header=128)
-    slow = make_pipeline(header=128)
-    fast.feed(msg, len(msg), 42)
-    pos = 0
-    while pos < len(msg):
-        slow.stats.messages += 1
-        pos = slow._feed_general(msg, pos, len(msg), 42)
-    fast.flush(42)
-    slow.flush(42)
-    assert fast.take() == slow.take()
-    assert fast.stats == slow.stats

@@ -1,4 +1,4 @@
-"""psample decoding: the general parser, the fast path, and their agreement."""
+"""psample decoding: the general parser (fast_decode and its agreement with it: tests/test_fastpath.py)."""
 
 import struct
 
@@ -67,92 +67,11 @@ def test_missing_mandatory_attribute_is_malformed():
         psample.decode_sample(msg)
 
 
-def test_fast_path_takes_the_usual_layout():
-    sample = ingress_sample()
-    msg = psample.build_message(sample, FAMILY)
-    group, seq, rate, orig, iif, start, length, end = psample.fast_decode(msg, 0, len(msg), FAMILY)
-    assert (group, seq, rate, orig, iif, end) == (1000, 41, 10, 98, 3, len(msg))
-    assert msg[start:start + length] == sample.data
-
-
-@pytest.mark.parametrize("change", [
-    dict(oif=4),  # egress layout
-    dict(cookie=b"c"),
-    dict(probability=True),
-    dict(out_tc=1),
-    dict(out_tc_occ=1),
-    dict(latency=1),
-    dict(timestamp=None),  # kernels before 5.13
-    dict(iif=0),
-])
-def test_fast_path_declines_other_layouts(change):
-    msg = psample.build_message(ingress_sample(**change), FAMILY)
-    assert psample.fast_decode(msg, 0, len(msg), FAMILY) is None
-
-
-def test_fast_path_declines_other_families():
-    msg = psample.build_message(ingress_sample(), FAMILY)
-    assert psample.fast_decode(msg, 0, len(msg), FAMILY + 1) is None
-
-
 def test_probability_conversion():
     assert psample.probability_to_rate(1 << 32 - 1) == 2
     assert psample.probability_to_rate(0xFFFFFFFF) == 1
     assert psample.probability_to_rate(0) == 0xFFFFFFFF
     assert psample.probability_to_rate(429497) == 10000
-
-
-def _fast_as_tuple(msg: bytes):
-    hit = psample.fast_decode(msg, 0, len(msg), FAMILY)
-    if hit is None:
-        return None
-    group, seq, rate, orig, iif, start, length, _end = hit
-    return group, seq, rate, orig, iif, msg[start:start + length]
-
-
-def _general_as_tuple(msg: bytes):
-    try:
-        s = psample.decode_sample(msg)
-    except MalformedMessage:
-        return "malformed"
-    return s.group, s.seq, s.rate, s.orig_size, s.iif, s.data
-
-
-samples = st.builds(
-    psample.Sample,
-    group=st.integers(0, 2**32 - 1), seq=st.integers(0, 2**32 - 1), raw_rate=st.integers(1, 2**32 - 1),
-    orig_size=st.integers(0, 2**32 - 1), iif=st.integers(0, 2**16 - 1), oif=st.sampled_from([0, 0, 5]),
-    data=st.binary(max_size=300), timestamp=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-    proto=st.one_of(st.none(), st.integers(0, 2**16 - 1)), probability=st.booleans(),
-    out_tc=st.one_of(st.none(), st.integers(0, 2**16 - 1)),
-    out_tc_occ=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-    latency=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-)
-
-
-@settings(max_examples=400)
-@given(samples)
-def test_fast_path_agrees_with_general_parser_on_valid_messages(sample):
-    msg = psample.build_message(sample, FAMILY)
-    fast = _fast_as_tuple(msg)
-    decoded = psample.decode_sample(msg)
-    assert decoded == sample
-    if fast is not None:
-        assert fast == _general_as_tuple(msg)
-
-
-@settings(max_examples=400)
-@given(samples, st.data())
-def test_fast_path_never_accepts_what_the_general_parser_rejects(sample, data):
-    msg = bytearray(psample.build_message(sample, FAMILY))
-    for _ in range(data.draw(st.integers(1, 4))):
-        msg[data.draw(st.integers(0, len(msg) - 1))] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(msg)))
-    mutated = bytes(msg[:cut])
-    fast = _fast_as_tuple(mutated)
-    general = _general_as_tuple(mutated)
-    if fast is not None:
-        assert general == fast
 
 
 @given(st.binary(max_size=400))

@@ -18,7 +18,8 @@ from hwsflow.linux.mmsg import RecvBuffer, SendBuffer
 from hwsflow.linux.psample_socket import NETLINK_GENERIC, open_generic_socket
 from hwsflow.wire.netlink import NLMSG_HDR
 from hwsflow.daemon.receive import drain
-from test_pipeline import FAMILY, kernel_sample, layouts, make_pipeline
+from test_fastpath import layouts
+from test_pipeline import FAMILY, kernel_sample, make_pipeline
 
 
 class Sink:

@@ -22,7 +22,7 @@ def _status(**port) -> dict:
     return {
         "agent": {"version": "0", "pid": 1, "uptime_s": 65.0, "address": "192.0.2.1", "config": "/etc/x.yaml",
                   "psample": "joined", "enobufs": 4, "kernel_drops": 17, "samples": 99, "foreign": 0,
-                  "malformed": 0},
+                  "malformed": 0, "sample_path": "python (HWSFLOW_PURE_PYTHON is set)"},
         "ports": [row], "disabled": ["eth9"],
         "collectors": [{"target": "192.0.2.10:6343", "sent": 5, "errors": 1, "last_error": "ECONNREFUSED"}],
     }
@@ -35,6 +35,7 @@ def test_render_shows_every_figure_and_explains_not_in_hw_and_runtime_changes():
                       "LAST", "FROM"]
     assert row == ["eno1", "2", "1000", "1-in-10", "ingress", "not_in_hw", "12.5", "3", "990", "<1s", "runtime"]
     assert "4 ENOBUFS, 17 messages dropped by the kernel" in text
+    assert "sample path: python (HWSFLOW_PURE_PYTHON is set)" in text.splitlines()[0]
     assert NOT_IN_HW_NOTE in text and "disabled at runtime (until reload or restart): eth9" in text
     assert "192.0.2.10:6343  5     1       ECONNREFUSED" in text
     assert NOT_IN_HW_NOTE not in render(_status())

@@ -83,7 +83,7 @@ def render(status: dict) -> str:
     agent = status["agent"]
     lines = [
         f"hwsflow {agent['version']}, pid {agent['pid']}, up {_age(agent['uptime_s'])}, "
-        f"agent address {agent['address']}, config {agent['config']}",
+        f"agent address {agent['address']}, config {agent['config']}; sample path: {agent.get('sample_path', '?')}",
         f"psample: {agent['psample']}; socket overruns: {agent['enobufs']} ENOBUFS, "
         f"{agent['kernel_drops'] if agent['kernel_drops'] is not None else '?'} messages dropped by the kernel; "
         f"{agent['foreign']} samples of other groups ignored, {agent['malformed']} malformed",

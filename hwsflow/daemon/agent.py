@@ -31,6 +31,7 @@ from hwsflow.wire.sflow import DatagramBuilder
 from hwsflow.core.groups import GroupTable
 from hwsflow.core.identity import agent_address
 from hwsflow.daemon.logs import RateLimiter
+from hwsflow.core import fastpath
 from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.daemon.ports import PortManager
 from hwsflow.linux.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable, kernel_drops
@@ -83,6 +84,7 @@ class Agent:
         self._events_inode = 0
         self._events_drops = 0
         self._started = time.monotonic()
+        self.sample_path = fastpath.describe()  # compiled, or python and why: decided once, at start
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # the maintenance task has work: events, a reload
         self._lock = asyncio.Lock()  # one port change at a time
@@ -130,6 +132,7 @@ class Agent:
         await self.control.start()
         log.info("sampling %d ports through %d psample groups; control socket %s", len(self.groups.sources),
                  len(self.groups.by_group), self.config.control_socket)
+        log.info("sample path: %s", self.sample_path)
         if not psample_ready:
             self._try_psample()  # installing a sample filter has loaded the module, usually
 
@@ -196,7 +199,8 @@ class Agent:
             log.warning("psample receive buffer is %d bytes, less than the %d asked for",
                         self.psample.rcvbuf, self.config.rcvbuf)
         assert self.builder is not None
-        self.pipeline = SamplePipeline(self.builder, self.groups, self.psample.family.id)
+        self.pipeline = SamplePipeline(self.builder, self.groups, self.psample.family.id,
+                                       compiled=self.sample_path == "compiled")
         self.pipeline.set_links(list(self.ports.links))
         asyncio.get_running_loop().add_reader(self.psample.fileno(), self._on_readable)
         return True
@@ -515,6 +519,7 @@ class Agent:
                 "internal_errors": self.internal_errors,
                 "reloads": dict(self.reloads),
                 "metrics": self.metrics.address if self.metrics is not None else None,
+                "sample_path": self.sample_path,
             },
             "ports": ports,
             "disabled": sorted(name for name, settings in self.ports.overrides.items() if settings is None),

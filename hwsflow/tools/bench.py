@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from hwsflow.core import fastpath
 from hwsflow.wire import psample
 from hwsflow.linux.collectors import CollectorSet, open_collectors
 from hwsflow.wire.sflow import DatagramBuilder
@@ -57,6 +58,7 @@ _DGRAM_U32 = struct.Struct("!I")  # a field of an sFlow datagram's header, with 
 _DGRAM_COUNT_AT = 24  # how many samples it carries
 _SUB_AGENT_AT = 12  # sub_agent_id
 FLOOR_SUB_AGENT = 0xF1002  # marks the floor's datagrams, so that the collector's totals leave them out
+PYTHON_SUB_AGENT = 0xF1003  # marks the Python path's datagrams (when the agent's path is the compiled one)
 
 
 @dataclass
@@ -117,8 +119,8 @@ def _sender(conn: Connection, port_id: int, ports: int) -> None:
     ("fill", 0, 0, stream) sends until the receiver's socket is full, and answers the same way.
     """
     msgs = templates(FAMILY_ID, ports)
-    # GROUP_SEQ per stream: the agent's runs must see no gap where the bare loop's messages went
-    seqs = {"agent": [0] * len(msgs), "bare": [0] * len(msgs)}
+    # GROUP_SEQ per stream: each pipeline's runs must see no gap where other readers' messages went
+    seqs = {stream: [0] * len(msgs) for stream in ("agent", "python", "bare")}
     # a multiple of the ports, so that slot i always carries port i % ports
     sbuf = SendBuffer([msgs[i % len(msgs)] for i in range(SEND_BATCH - SEND_BATCH % len(msgs))], port_id)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC) as sock:
@@ -233,12 +235,13 @@ def _bare_drain_batched(sock: socket.socket, rbuf: RecvBuffer) -> int:
     return read
 
 
-def bench_pipeline(sub_agent_id: int = 0) -> SamplePipeline:
-    """The agent's pipeline, with the replayed ports bound as the agent binds them."""
+def bench_pipeline(sub_agent_id: int = 0, compiled: bool | None = None) -> SamplePipeline:
+    """The agent's pipeline, with the replayed ports bound as the agent binds them (compiled: as
+    SamplePipeline takes it; None is the agent's choice)."""
     groups = GroupTable(GROUP_BASE)
     for i in range(PORTS):
         groups.bind(10 + i, f"bench{i}", "ingress", RATE, HEADER)
-    return SamplePipeline(DatagramBuilder("127.0.0.1", sub_agent_id, 1400), groups, FAMILY_ID)
+    return SamplePipeline(DatagramBuilder("127.0.0.1", sub_agent_id, 1400), groups, FAMILY_ID, compiled)
 
 
 def agent_datagrams(sub_agent_id: int, messages: int = 8 * 7 * PORTS) -> list[bytes]:
@@ -376,7 +379,9 @@ class _Bench:
         self.collector_port = self.collector.recv()
         self.collectors, errors = open_collectors([("127.0.0.1", self.collector_port)])
         assert not errors, errors
-        self.pipeline = bench_pipeline()
+        self.pipeline = bench_pipeline()  # the agent's path: compiled where it is built
+        # the Python path beside it, in the same run (its datagrams marked for the collector's totals)
+        self.python = bench_pipeline(PYTHON_SUB_AGENT, compiled=False) if self.pipeline.path == "compiled" else None
         self.floor = Floor(self.sock, self.rbuf, self.collectors)
         self.started = time.monotonic()
 
@@ -385,6 +390,10 @@ class _Bench:
 
     def agent_read(self) -> int:
         return drain(self.sock, self.rbuf, self.pipeline, self.collectors, self.uptime_ms())[0]
+
+    def python_read(self) -> int:
+        assert self.python is not None
+        return drain(self.sock, self.rbuf, self.python, self.collectors, self.uptime_ms())[0]
 
     def bare_read(self) -> int:
         return _bare_drain(self.sock, self.buf)
@@ -396,12 +405,16 @@ class _Bench:
         return _receive(self.sock, self.sender, ("send", count, rate, "agent" if agent else "bare"),
                         self.agent_read if agent else self.bare_read, tick)
 
+    def run_python(self, count: int) -> RunResult:
+        return _receive(self.sock, self.sender, ("send", count, 0, "python"), self.python_read)
+
     def run_bare_batched(self, count: int) -> RunResult:
         return _receive(self.sock, self.sender, ("send", count, 0, "bare"), self.bare_batched_read)
 
     def drain_full_queue(self, read_some: Callable[[], int]) -> RunResult:
         """Let the sender fill the socket, then time read_some emptying it: no sender competes for a core."""
-        self.sender.send(("fill", 0, 0, "agent" if read_some == self.agent_read else "bare"))
+        stream = {self.agent_read: "agent", self.python_read: "python"}.get(read_some, "bare")
+        self.sender.send(("fill", 0, 0, stream))
         sent, refused, _seconds = self.sender.recv()
         processed = 0
         cpu0, t0 = time.process_time(), time.monotonic()
@@ -414,8 +427,10 @@ class _Bench:
 
     def collected(self) -> tuple[int, int, list[bytes]]:
         """Flush the open datagram, then the collector's totals once it has read everything."""
-        self.pipeline.flush(self.uptime_ms())
-        self.collectors.send(self.pipeline.take())
+        for pipeline in (self.pipeline, self.python):
+            if pipeline is not None:
+                pipeline.flush(self.uptime_ms())
+                self.collectors.send(pipeline.take())
         self.collectors.send([b""])
         return self.collector.recv()
 
@@ -443,11 +458,18 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         queue_bare: list[RunResult] = []
         queue_bare_batched: list[RunResult] = []
         queue_floor: list[RunResult] = []
+        python_full: list[RunResult] = []
+        python_queue: list[RunResult] = []
+        if bench.python is not None:
+            bench.run_python(min(options.samples, 20_000))
         for _ in range(options.runs):  # interleaved, so all see the same machine state
             bare.append(bench.run(options.samples, 0, agent=False))
             bare_batched.append(bench.run_bare_batched(options.samples))
             full.append(bench.run(options.samples, 0, agent=True))
             queue.append(bench.drain_full_queue(bench.agent_read))
+            if bench.python is not None:
+                python_full.append(bench.run_python(options.samples))
+                python_queue.append(bench.drain_full_queue(bench.python_read))
             queue_bare.append(bench.drain_full_queue(bench.bare_read))
             queue_bare_batched.append(bench.drain_full_queue(bench.bare_batched_read))
             queue_floor.append(bench.drain_full_queue(bench.floor.read))
@@ -463,9 +485,13 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
                  "samples": bench.floor.sent_samples}
         datagrams -= floor["datagrams"]
         collected -= floor["samples"]
-        floor_mark = _DGRAM_U32.pack(FLOOR_SUB_AGENT)
-        kept = [d for d in kept if d[_SUB_AGENT_AT:_SUB_AGENT_AT + 4] != floor_mark]
+        if bench.python is not None:  # and the Python path's
+            datagrams -= bench.python.builder.sequence - 1
+            collected -= bench.python.stats.samples
+        marks = {_DGRAM_U32.pack(FLOOR_SUB_AGENT), _DGRAM_U32.pack(PYTHON_SUB_AGENT)}
+        kept = [d for d in kept if d[_SUB_AGENT_AT:_SUB_AGENT_AT + 4] not in marks]
         stats = bench.pipeline.stats
+        path = "compiled" if bench.pipeline.path == "compiled" else fastpath.describe()
     finally:
         bench.close()
     samples_per_s = statistics.median(r.processed / r.seconds for r in full)
@@ -475,7 +501,26 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
     queue_bare_per_s = statistics.median(r.processed / r.seconds for r in queue_bare)
     floor_per_s = statistics.median(r.processed / r.seconds for r in queue_floor)
     floor_cpu = statistics.median(r.cpu_seconds / r.processed for r in queue_floor)
+    python = None
+    if python_full:
+        python_per_s = statistics.median(r.processed / r.seconds for r in python_full)
+        python_queue_per_s = statistics.median(r.processed / r.seconds for r in python_queue)
+        python_cpu = statistics.median(r.cpu_seconds / r.processed for r in python_queue)
+        python = {
+            "samples_per_s": round(python_per_s),
+            "full_runs_per_s": [round(r.processed / r.seconds) for r in python_full],
+            "ratio": round(python_per_s / ceiling_per_s, 3),
+            "queue_drain_per_s": round(python_queue_per_s),
+            "queue_drain_cpu_us_per_sample": round(python_cpu * 1e6, 3),
+            "per_sample_work_us": round((python_cpu - floor_cpu) * 1e6, 3),
+            # the agent's path against this one, full speed and one core
+            "speedup": round(samples_per_s / python_per_s, 2),
+            "queue_drain_speedup": round(queue_per_s / python_queue_per_s, 2),
+            "processed": sum(r.processed for r in python_full + python_queue),
+            "sent": sum(r.sent for r in python_full + python_queue),
+        }
     report = {
+        "path": path,  # the agent's path, which the figures below measure: "compiled" or "python (why)"
         "samples_per_s": round(samples_per_s),
         "ceiling_per_s": round(ceiling_per_s),
         "ratio": round(samples_per_s / ceiling_per_s, 3),
@@ -496,6 +541,10 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "queue_drain_ceiling_per_s": round(queue_bare_per_s),
         "queue_drain_ratio": round(queue_per_s / queue_bare_per_s, 3),
         "queue_drain_recvmmsg_per_s": round(statistics.median(r.processed / r.seconds for r in queue_bare_batched)),
+        "queue_drain_ceiling_cpu_us_per_sample": round(
+            statistics.median(r.cpu_seconds / r.processed for r in queue_bare) * 1e6, 3),
+        "queue_drain_recvmmsg_cpu_us_per_sample": round(
+            statistics.median(r.cpu_seconds / r.processed for r in queue_bare_batched) * 1e6, 3),
         "queue_drain_cpu_us_per_sample": round(queue_cpu * 1e6, 3),
         # receive and send alone on the same prefilled socket: the bound of any per-sample code here
         "queue_drain_floor_per_s": round(floor_per_s),
@@ -521,7 +570,8 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
                   "refused_by_kernel": paced.refused, "kernel_drops": kdrops,
                   "achieved_per_s": round(paced.sent / paced.seconds)},
         "pipeline": {"messages": stats.messages, "samples": stats.samples, "foreign": stats.foreign,
-                     "malformed": stats.malformed, "other": stats.other, "inline": stats.inline},
+                     "malformed": stats.malformed, "other": stats.other, "compiled": stats.compiled},
+        "python": python,  # the Python path in the same run; None when it is the agent's path
         "collector": {"datagrams": datagrams, "samples": collected},
         "floor": floor,
         "rcvbuf": bench.rcvbuf,
@@ -530,10 +580,24 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
     return report, kept
 
 
+def _python_lines(r: dict[str, Any]) -> list[str]:
+    py = r["python"]
+    if py is None:
+        return []
+    return [
+        f"python path: {py['samples_per_s']:>9,} samples/s  (same run, median: "
+        f"{', '.join(f'{v:,}' for v in py['full_runs_per_s'])}; ratio {py['ratio']:.3f}); one core "
+        f"{py['queue_drain_per_s']:,} samples/s at {py['queue_drain_cpu_us_per_sample']:.2f} us CPU per sample "
+        f"(work {py['per_sample_work_us']:.2f} us)",
+        f"  compiled / python: {py['speedup']:.2f}x full path, {py['queue_drain_speedup']:.2f}x one core",
+    ]
+
+
 def format_report(r: dict[str, Any]) -> str:
     m, p = r["machine"], r["paced"]
     return "\n".join([
         f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}",
+        f"path:        {r['path']} (the agent's; the figures below measure it)",
         f"full path:   {r['samples_per_s']:>9,} samples/s  (median of {r['runs']} runs of {r['samples']:,}: "
         f"{', '.join(f'{v:,}' for v in r['full_runs_per_s'])})",
         f"ceiling:     {r['ceiling_per_s']:>9,} messages/s (bare recv_into loop, same socket; receiver busy "
@@ -543,13 +607,15 @@ def format_report(r: dict[str, Any]) -> str:
         f"reads; receiver busy {r['ceiling_recvmmsg_receiver_cpu_share']:.0%}: the sender's pace when well below 100%)",
         f"one core:    {r['queue_drain_per_s']:>9,} samples/s  (full path emptying a prefilled socket, no sender "
         f"running: {r['queue_drain_cpu_us_per_sample']:.2f} us CPU per sample)",
-        f"  ceilings:  {r['queue_drain_ceiling_per_s']:>9,} messages/s bare recv_into, ratio "
-        f"{r['queue_drain_ratio']:.3f}; {r['queue_drain_recvmmsg_per_s']:,} messages/s bare recvmmsg "
-        f"(same prefilled socket)",
+        f"  ceilings:  {r['queue_drain_ceiling_per_s']:>9,} messages/s bare recv_into "
+        f"({r['queue_drain_ceiling_cpu_us_per_sample']:.2f} us CPU each), ratio {r['queue_drain_ratio']:.3f}; "
+        f"{r['queue_drain_recvmmsg_per_s']:,} messages/s bare recvmmsg "
+        f"({r['queue_drain_recvmmsg_cpu_us_per_sample']:.2f} us CPU each; same prefilled socket)",
         f"floor:       {r['queue_drain_floor_per_s']:>9,} samples/s  (receive and send alone, same prefilled "
         f"socket: {r['queue_drain_floor_cpu_us_per_sample']:.2f} us CPU per sample, ratio "
         f"{r['queue_drain_floor_ratio']:.3f}; the agent's per-sample work adds {r['per_sample_work_us']:.2f} us)",
         f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver, full-speed runs)",
+        *_python_lines(r),
         f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "
         f"{p['processed']:,}, lost {r['lost']:,} (refused {p['refused_by_kernel']:,}, "
         f"kernel drops {p['kernel_drops']:,})",

@@ -3,16 +3,17 @@
 Pure code over bytes.  Attribute numbering and the kernel's emission order are
 in REFERENCE section 1 and include/uapi/linux/psample.h.  Two decoders exist on
 purpose: decode_sample() is the general, defensive parser; fast_decode() reads
-the exact layout act_sample produces on current kernels with two struct calls and
+the exact layout act_sample produces on current kernels (USUAL_FIXED, USUAL_FIELDS) and
 returns None for anything else, so the caller falls back to the general parser.
 Tests hold the two to identical results.
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
-from array import array
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from hwsflow.wire.netlink import (
     GENL_HDR,
@@ -49,6 +50,7 @@ CMD_GET_GROUP = 1
 CMD_NEW_GROUP = 2
 CMD_DEL_GROUP = 3
 
+Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
@@ -152,110 +154,84 @@ def _apply_attr(sample: Sample, attr_type: int, buf, start: int, end: int) -> No
         sample.unknown.append(attr_type)  # newer kernels may add attributes: skip, never fail
 
 
-# ---------------------------------------------------------------- fast path
+# ---------------------------------------------------------------- the usual layout
 
-# The layout act_sample emits at ingress since 5.13 (REFERENCE section 1):
-# IIFINDEX, SAMPLE_RATE, ORIGSIZE, SAMPLE_GROUP, GROUP_SEQ, TIMESTAMP, PROTO, DATA.
-# Hot path: what the layout fixes is compared, and its values read, at fixed offsets of the first 84
-# bytes, instead of walking the attributes.
-# FAST_VALUES reads the values:
-#   0 nlmsg_len  1 iif  2 rate  3 orig size  4 group  5 seq  6 DATA's nla_len
-FAST_VALUES = struct.Struct("=I 20x H 6x I 4x I 4x I 4x I 20x H 2x")
-FAST_SIZE = FAST_VALUES.size  # where DATA's value starts
-_FAMILY = -1  # stands for the family id in _FIXED
+# The layout act_sample emits at ingress since 5.13 (REFERENCE section 1): IIFINDEX, SAMPLE_RATE,
+# ORIGSIZE, SAMPLE_GROUP, GROUP_SEQ, TIMESTAMP, PROTO, then DATA, the last attribute.  Declared once, as
+# byte offsets from the message's start (native byte order, as netlink's), for fast_decode and for the
+# compiled loop (hwsflow/core/_fastpath.c), which takes it at start.
+USUAL_SIZE = HEADERS_LEN + 8 + 8 + 8 + 8 + 8 + 12 + 8 + NLA_HDR.size  # where DATA's value starts: 84
+USUAL_FAMILY = -1  # stands for the family id in USUAL_FIXED
 
 
 def _nla_header(nla_len: int, nla_type: int) -> int:
     """An attribute header read as one native u32, as the checks compare it."""
-    return struct.unpack("=I", NLA_HDR.pack(nla_len, nla_type))[0]
+    value: int = struct.unpack("=I", NLA_HDR.pack(nla_len, nla_type))[0]
+    return value
 
 
-# (offset, struct code, value) of everything the layout fixes: nlmsg_type, the command and each
-# attribute header (nla_len, nla_type) up to DATA's type (its nla_len varies)
-_FIXED = (
-    (4, "H", _FAMILY), (16, "B", CMD_SAMPLE),
-    (20, "I", _nla_header(NLA_HDR.size + 2, ATTR_IIFINDEX)),
-    (28, "I", _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_RATE)),
-    (36, "I", _nla_header(NLA_HDR.size + 4, ATTR_ORIGSIZE)),
-    (44, "I", _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_GROUP)),
-    (52, "I", _nla_header(NLA_HDR.size + 4, ATTR_GROUP_SEQ)),
-    (60, "I", _nla_header(NLA_HDR.size + 8, ATTR_TIMESTAMP)),
-    (72, "I", _nla_header(NLA_HDR.size + 2, ATTR_PROTO)),
-    (82, "H", ATTR_DATA),
+# (offset, size, value) of everything the layout fixes: nlmsg_type, the command, each attribute header
+# (nla_len and nla_type as one u32) up to DATA's type (its nla_len varies)
+USUAL_FIXED: tuple[tuple[int, int, int], ...] = (
+    (4, 2, USUAL_FAMILY), (16, 1, CMD_SAMPLE),
+    (20, 4, _nla_header(NLA_HDR.size + 2, ATTR_IIFINDEX)),
+    (28, 4, _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_RATE)),
+    (36, 4, _nla_header(NLA_HDR.size + 4, ATTR_ORIGSIZE)),
+    (44, 4, _nla_header(NLA_HDR.size + 4, ATTR_SAMPLE_GROUP)),
+    (52, 4, _nla_header(NLA_HDR.size + 4, ATTR_GROUP_SEQ)),
+    (60, 4, _nla_header(NLA_HDR.size + 8, ATTR_TIMESTAMP)),
+    (72, 4, _nla_header(NLA_HDR.size + 2, ATTR_PROTO)),
+    (82, 2, ATTR_DATA),
 )
-FAST_CHECK = struct.Struct("=" + "".join(
-    f"{offset - previous}x{code}" for (offset, code, _), previous in
-    zip(_FIXED, [0] + [o + struct.calcsize(c) for o, c, _ in _FIXED])))
+# name: (offset, size) of the values the fast paths read
+USUAL_FIELDS: dict[str, tuple[int, int]] = {
+    "length": (0, 4), "iif": (24, 2), "rate": (32, 4), "orig_size": (40, 4), "group": (48, 4), "seq": (56, 4),
+    "data_nla_len": (USUAL_SIZE - NLA_HDR.size, 2),
+}
+_NATIVE = {1: struct.Struct("=B"), 2: struct.Struct("=H"), 4: struct.Struct("=I")}
 
 
-def fast_signature(family_id: int) -> tuple[int, ...]:
-    """What FAST_CHECK reads from this family's SAMPLE messages in the usual layout."""
-    return tuple(family_id if value == _FAMILY else value for _, _, value in _FIXED)
+def usual_checks(family_id: int) -> tuple[tuple[int, int, int], ...]:
+    """USUAL_FIXED with this family's id in place."""
+    return tuple((at, size, family_id if value == USUAL_FAMILY else value) for at, size, value in USUAL_FIXED)
 
 
-def _check_slots(stride: int, count: int, aligned: bool) -> None:
-    """count slots, stride bytes apart, must each hold the fast layout (4-byte aligned if asked)."""
-    if count < 1 or (count > 1 and (stride < FAST_SIZE or (aligned and stride % 4))):
-        raise ValueError(f"{count} slots of stride {stride}: each must hold the {FAST_SIZE}-byte fast layout"
-                         + (", 4-byte aligned" if aligned else ""))
+def usual_length(data_nla_len: int) -> int:
+    """The length of a usual-layout message that DATA, the last attribute, ends exactly (padding included)."""
+    return USUAL_SIZE - NLA_HDR.size + ((data_nla_len + 3) & ~3)
 
 
-Check = tuple[str, int, int, int, memoryview]  # struct code, start, stop, step (in items), expected items
+class UsualSample(NamedTuple):
+    """What fast_decode reads from a message in the usual layout."""
+
+    group: int
+    seq: int
+    rate: int
+    orig_size: int
+    iif: int
+    data_start: int
+    data_len: int
+    end: int  # where the message ends in buf
 
 
-def chunk_checks(family_id: int, stride: int, count: int) -> list[Check]:
-    """fast_decode's layout test for count slots, stride bytes apart, as one C-level comparison per fixed
-    field: a strided slice of a memoryview of the slots (cast to the field's code) against an array of
-    the expected value.  stride must be a multiple of 4 when count > 1 (the u32 fields stay aligned)."""
-    _check_slots(stride, count, aligned=True)
-    checks = []
-    for (offset, code, _), value in zip(_FIXED, fast_signature(family_id)):
-        size = struct.calcsize(code)
-        step = stride // size if count > 1 else 1
-        start = offset // size
-        checks.append((code, start, start + step * (count - 1) + 1, step, memoryview(array(code, [value] * count))))
-    return checks
+def fast_decode(buf: Buffer, offset: int, end: int, family_id: int) -> UsualSample | None:
+    """The sample of the message at buf[offset:end] if it has the usual layout, else None.
 
-
-def chunk_values(stride: int, count: int) -> struct.Struct:
-    """FAST_VALUES of count recvmmsg slots, stride bytes apart, in one unpack: seven values a slot."""
-    _check_slots(stride, count, aligned=False)
-    gap = f" {stride - FAST_SIZE}x " if count > 1 else ""
-    return struct.Struct("=" + gap.join([FAST_VALUES.format.lstrip("=")] * count))
-
-
-def _message_lengths() -> tuple[int, ...]:
-    made: dict[int, int] = {}  # each length object made once: ~16k distinct ints, not 64k
-    lengths = []
-    for nla_len in range(1 << 16):
-        length = FAST_SIZE - NLA_HDR.size + ((nla_len + 3) & ~3) if nla_len >= NLA_HDR.size else -1
-        lengths.append(made.setdefault(length, length))
-    return tuple(lengths)
-
-
-# FAST_MSG_LEN[DATA's nla_len]: the length of a message that DATA, the last attribute, ends exactly
-# (padding included), or -1 when nla_len is too short to be an attribute.  One subscript in the hot
-# path replaces three tests.
-FAST_MSG_LEN = _message_lengths()
-
-
-def fast_decode(buf: bytes | bytearray | memoryview, offset: int, end: int, family_id: int):
-    """(group, seq, rate, orig_size, iif, data_start, data_len, msg_end) for the usual layout, else None.
-
-    None means "use decode_sample": anything unusual (egress with OIFINDEX,
-    extra metadata, a cookie, probability, a tunnel, a short message) takes the
-    general parser, which also handles every malformed case.  SamplePipeline makes these same
-    checks for a whole chunk at once (chunk_checks); tests hold both to the general parser.
+    None means "use decode_sample": anything unusual (egress with OIFINDEX, extra metadata, a cookie,
+    probability, a tunnel, a short message) takes the general parser, which also handles every malformed
+    case.  The compiled loop makes the same checks; tests hold both to the general parser.
     """
-    if end - offset < FAST_SIZE:
+    if end - offset < USUAL_SIZE:
         return None
-    v = FAST_VALUES.unpack_from(buf, offset)
-    msg_len = v[0]
-    # DATA must be the last attribute and exactly fill the message (padding aside)
-    if (FAST_CHECK.unpack_from(buf, offset) != fast_signature(family_id) or msg_len > end - offset
-            or FAST_MSG_LEN[v[6]] != msg_len):
+    for at, size, value in usual_checks(family_id):
+        if _NATIVE[size].unpack_from(buf, offset + at)[0] != value:
+            return None
+    field = {name: _NATIVE[size].unpack_from(buf, offset + at)[0] for name, (at, size) in USUAL_FIELDS.items()}
+    nla_len, length = field["data_nla_len"], field["length"]
+    if nla_len < NLA_HDR.size or length > end - offset or length != usual_length(nla_len):
         return None
-    return v[4], v[5], v[2], v[3], v[1], offset + FAST_SIZE, v[6] - NLA_HDR.size, offset + msg_len
+    return UsualSample(field["group"], field["seq"], field["rate"], field["orig_size"], field["iif"],
+                       offset + USUAL_SIZE, nla_len - NLA_HDR.size, offset + length)
 
 
 # ---------------------------------------------------------------- building (tests, benchmark)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-# Written for speed on purpose: precompiled Structs, pack_into one reused
-# bytearray, and no per-sample objects beyond the finished datagram's bytes.
+# Precompiled Structs packed into one reused bytearray: no per-sample objects beyond the finished
+# datagram's bytes.
 
 _U32_MASK = 0xFFFFFFFF
 _U64_MASK = 0xFFFFFFFFFFFFFFFF
-_COMPACT_INDEX_MAX = 0xFFFFFF  # 24-bit source_id index
+COMPACT_INDEX_MAX = 0xFFFFFF  # 24-bit source_id index
 _COMPACT_IF_MAX = 0x3FFFFFFF  # 30-bit interface value (top 2 bits: format)
 
 # sample_data formats (enterprise 0)
@@ -39,16 +39,22 @@ _DGRAM_START = struct.Struct("!II")
 _DGRAM_TAIL = struct.Struct("!III")
 _U32 = struct.Struct("!I")
 
-# flow_sample + sampled_header record header, in one pack:
-# tag, length, seq, source_id, rate, pool, drops, input, output, nrecords,
-# record tag, record length, protocol, frame_length, stripped, header length
-_FLOW_COMPACT = struct.Struct("!16I")
+# The compact flow sample with one sampled-header record (sample tag and length, flow_sample's fields, then
+# the record's tag, length and fixed fields; the header bytes follow): the one declaration of its layout.
+# add_flow_sample packs it through FLOW_COMPACT, the pipeline's reference path names its fields, and the
+# compiled loop (hwsflow/core/_fastpath.c) takes every field's offset from FLOW_COMPACT_AT at start.
+FLOW_COMPACT_FIELDS = (
+    "tag", "length", "sequence", "source_id", "rate", "pool", "drops", "input", "output", "records",
+    "record_tag", "record_length", "protocol", "frame_length", "stripped", "header_length",
+)
+FLOW_COMPACT = struct.Struct("!" + "I" * len(FLOW_COMPACT_FIELDS))
+FLOW_COMPACT_AT = {name: 4 * index for index, name in enumerate(FLOW_COMPACT_FIELDS)}  # byte offsets
 # flow_sample_expanded: as above but source_id is (type, index) and each
 # interface is (format, value)
 _FLOW_EXPANDED = struct.Struct("!19I")
-_FLOW_COMPACT_PACK, _FLOW_COMPACT_SIZE = _FLOW_COMPACT.pack_into, _FLOW_COMPACT.size
+_FLOW_COMPACT_PACK, _FLOW_COMPACT_SIZE = FLOW_COMPACT.pack_into, FLOW_COMPACT.size
 _FLOW_EXPANDED_PACK, _FLOW_EXPANDED_SIZE = _FLOW_EXPANDED.pack_into, _FLOW_EXPANDED.size
-MAX_PACKED_HEADER = 1024  # config's largest header: SamplePipeline packs up to this many bytes itself
+MAX_PACKED_HEADER = 1024  # config's largest header: the pipeline's fast path packs up to this many bytes
 # counters_sample: tag, length, seq, source_id, nrecords
 _COUNTERS_COMPACT = struct.Struct("!5I")
 # counters_sample_expanded: tag, length, seq, type, index, nrecords
@@ -64,7 +70,13 @@ _U32_RECORD_PACK = _U32_RECORD.pack
 
 
 class DatagramBuilder:
-    """Packs samples into sFlow v5 datagrams no longer than max_size bytes."""
+    """Packs samples into sFlow v5 datagrams no longer than max_size bytes.
+
+    add_flow_sample and add_counter_sample encode whole samples.  A caller that packs its own (the
+    pipeline's fast paths, compiled or not) asks for room with reserve(), writes into `buffer` from the
+    position it returns, and hands the new end back with commit(): the builder finishes a datagram when
+    the next sample does not fit, as aioquic's QuicPacketBuilder does with start_frame and flush.
+    """
 
     def __init__(
         self,
@@ -91,6 +103,48 @@ class DatagramBuilder:
         self.sequence = 1
         self.pending = 0
 
+    @property
+    def buffer(self) -> bytearray:
+        """The open datagram: samples go at the position reserve() returns (it never resizes)."""
+        return self._buf
+
+    @property
+    def position(self) -> int:
+        """Where the open datagram's next sample goes."""
+        return self._pos
+
+    @property
+    def max_size(self) -> int:
+        return self._max
+
+    @property
+    def expanded(self) -> bool:
+        """Every sample in the expanded form, as configured."""
+        return self._expanded
+
+    def compact_header_room(self) -> int:
+        """The most header bytes (a multiple of 4, at most MAX_PACKED_HEADER) a compact flow sample alone
+        in a datagram holds; -1 when samples are always expanded."""
+        if self._expanded:
+            return -1
+        return min(self._max - self._header_len - _FLOW_COMPACT_SIZE, MAX_PACKED_HEADER) & ~3
+
+    def reserve(self, size: int, uptime_ms: int) -> int:
+        """Where a sample of `size` bytes goes: the open datagram is finished first if it has no room."""
+        if self._pos + size > self._max:
+            if self.pending:
+                self._finish(uptime_ms)
+            if self._header_len + size > self._max:
+                raise ValueError(f"a sample of {size} bytes exceeds max_size {self._max}")
+        return self._pos
+
+    def commit(self, end: int, samples: int = 1) -> None:
+        """`samples` samples were written into buffer, up to end."""
+        if not self._header_len <= end <= self._max:
+            raise ValueError(f"sample end {end} outside the datagram ({self._header_len}..{self._max})")
+        self._pos = end
+        self.pending += samples
+
     def add_flow_sample(
         self,
         uptime_ms: int,
@@ -108,11 +162,9 @@ class DatagramBuilder:
         extra_records: bytes = b"",
         extra_count: int = 0,
     ) -> None:
-        # the usual case (compact, a header of at most max bytes, no extra records) runs first and
-        # alone: each Python operation here costs every sample
         expanded = (
             self._expanded
-            or source_index > _COMPACT_INDEX_MAX
+            or source_index > COMPACT_INDEX_MAX
             or source_type > 0xFF
             or input_if > _COMPACT_IF_MAX
             or output_if > _COMPACT_IF_MAX
@@ -121,11 +173,9 @@ class DatagramBuilder:
         hlen = len(header)
         padded = (hlen + 3) & ~3
         size = fixed + padded + len(extra_records)
-        pos = self._pos
-        if pos + size > self._max:
+        if self._pos + size > self._max:
             if self.pending:
                 self._finish(uptime_ms)
-                pos = self._pos
             room = self._max - self._header_len - fixed - len(extra_records)
             if room < 0:
                 raise ValueError("extra_records alone exceed max_size")
@@ -135,6 +185,7 @@ class DatagramBuilder:
                 hlen = padded = room & ~3
                 header = header[:hlen]
                 size = fixed + hlen + len(extra_records)
+        pos = self.reserve(size, uptime_ms)
         record_len = 16 + padded  # protocol..header_length + bytes
         buf = self._buf
         if expanded:
@@ -155,15 +206,11 @@ class DatagramBuilder:
             )  # fmt: skip
         pos += fixed
         buf[pos : pos + hlen] = header
-        if padded != hlen:
-            # The buffer is reused: padding must be written, not assumed zero.
-            buf[pos + hlen : pos + padded] = _PADS[hlen & 3]
+        # The buffer is reused: padding must be written, not assumed zero.
+        buf[pos + hlen : pos + padded] = _PADS[hlen & 3]
         pos += padded
-        if extra_records:
-            buf[pos : pos + len(extra_records)] = extra_records
-            pos += len(extra_records)
-        self._pos = pos
-        self.pending += 1
+        buf[pos : pos + len(extra_records)] = extra_records
+        self.commit(pos + len(extra_records))
 
     def add_counter_sample(
         self,
@@ -174,16 +221,13 @@ class DatagramBuilder:
         records: bytes,
         record_count: int,
     ) -> None:
-        expanded = self._expanded or source_index > _COMPACT_INDEX_MAX or source_type > 0xFF
+        expanded = self._expanded or source_index > COMPACT_INDEX_MAX or source_type > 0xFF
         fixed = _COUNTERS_EXPANDED.size if expanded else _COUNTERS_COMPACT.size
         size = fixed + len(records)
-        if self._pos + size > self._max:
-            if self.pending:
-                self._finish(uptime_ms)
-            if self._header_len + size > self._max:
-                raise ValueError(f"counter sample of {size} bytes exceeds max_size {self._max}")
+        if self._header_len + size > self._max:
+            raise ValueError(f"counter sample of {size} bytes exceeds max_size {self._max}")
+        pos = self.reserve(size, uptime_ms)
         buf = self._buf
-        pos = self._pos
         if expanded:
             _COUNTERS_EXPANDED.pack_into(
                 buf, pos, COUNTERS_SAMPLE_EXPANDED, size - 8, seq & _U32_MASK,
@@ -196,8 +240,7 @@ class DatagramBuilder:
             )  # fmt: skip
         pos += fixed
         buf[pos : pos + len(records)] = records
-        self._pos = pos + len(records)
-        self.pending += 1
+        self.commit(pos + len(records))
 
     def flush(self, uptime_ms: int) -> None:
         """Finish the open datagram if it holds any sample."""

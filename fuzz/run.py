@@ -1,4 +1,4 @@
-"""Run one atheris target for a while and say what it did.
+"""Run one fuzz target for a while and say what it did: an atheris target, or the native one (fastpath).
 
     python -m fuzz.run psample --seconds 600
     python -m fuzz.run config --runs 5000
@@ -25,9 +25,10 @@ TARGETS = {
     "psample": "fuzz.psample_target",
     "config": "fuzz.config_target",
     "control": "fuzz.control_target",
+    "fastpath": "fuzz.fastpath_target",  # native: libFuzzer + ASan + UBSan over the compiled loop's C core
 }
 # bytes of one input: a psample read holds a 64 KiB message and more; config files and requests stay small
-MAX_LEN = {"psample": 70000, "config": 16384, "control": 9000}
+MAX_LEN = {"psample": 70000, "config": 16384, "control": 9000, "fastpath": 70000}
 REPO = Path(__file__).resolve().parent.parent
 _EXECUTED = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 _DONE = re.compile(r"Done (\d+) runs")
@@ -85,6 +86,9 @@ def run(target: str, seconds: int | None = None, runs: int | None = None, work: 
     work = work or REPO / ".cache" / "fuzz" / target
     corpus, crashes = prepare(module, work)
     argv = command(module, corpus, crashes, MAX_LEN.get(target, 4096), timeout, seconds, runs)
+    build = getattr(importlib.import_module(module), "build", None)
+    if build is not None:  # a native target: its own libFuzzer binary instead of atheris's launcher
+        argv = [str(build(work)), *argv[argv.index(str(corpus)):]]
     log = log or work / "last-run.log"
     started = time.monotonic()
     with open(log, "w") as out:

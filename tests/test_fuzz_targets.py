@@ -1,16 +1,19 @@
-"""The atheris targets run briefly in every test run, so they cannot rot; the runner reports what they find.
+"""The fuzz targets run briefly in every test run, so they cannot rot; the runner reports what they find.
 
 Longer runs: `python -m fuzz.run TARGET --seconds N` (see fuzz/run.py).
 """
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from fuzz import run
+from fuzz import fastpath_target, run
 
 # inputs per target: thousands, within seconds (the config target parses YAML, ~700 inputs/s)
-BRIEF_RUNS = {"psample": 3000, "control": 3000, "config": 2000}
+# (the native fastpath target runs ~100k inputs/s: its 30,000 take well under a second after its build)
+BRIEF_RUNS = {"psample": 3000, "control": 3000, "config": 2000, "fastpath": 30000}
 
 
 @pytest.mark.parametrize("target", sorted(run.TARGETS))
@@ -49,3 +52,21 @@ def test_the_runner_reports_a_crash_or_a_hang_with_its_input(tmp_path, monkeypat
     (artifact,) = result.artifacts
     assert kind in artifact and open(artifact, "rb").read() == seed
     assert "CRASH" in result.summary()
+
+
+def test_the_native_harness_catches_an_out_of_bounds_read_in_the_core(tmp_path):
+    """The compiled loop's harness under AddressSanitizer: a core that copies the header bytes the group
+    keeps without bounding them by DATA's length reads past the message, and the seeds alone show it."""
+    core = fastpath_target.CORE.read_text()
+    bounded = "return usual->data_len < group->header ? usual->data_len : group->header;"
+    assert bounded in core
+    broken = tmp_path / "fastpath_core.c"
+    broken.write_text(core.replace(bounded, "(void)usual; return group->header;"))
+    work = tmp_path / "work"
+    binary = fastpath_target.build(work, broken)
+    corpus, crashes = run.prepare(run.TARGETS["fastpath"], work)
+    done = subprocess.run([str(binary), str(corpus), f"-artifact_prefix={crashes}/", "-runs=2000"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in done.stderr
+    assert any(crashes.iterdir())

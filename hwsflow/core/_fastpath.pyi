@@ -2,7 +2,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hwsflow.wire.psample import Buffer
+from hwsflow.wire.netlink import Buffer
 
 IN_FIELDS: tuple[str, ...]  # the psample values it reads, by psample.USUAL_FIELDS name
 FLOW_FIELDS: tuple[str, ...]  # the flow sample fields it writes, by sflow.FLOW_COMPACT_FIELDS name

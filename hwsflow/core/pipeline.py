@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from hwsflow.wire import psample
-from hwsflow.wire.psample import Buffer
 from hwsflow.wire.sflow import (
     FLOW_COMPACT,
     FLOW_COMPACT_AT,
@@ -28,7 +27,7 @@ from hwsflow.wire.sflow import (
 from hwsflow.core import fastpath
 from hwsflow.core.datasource import GroupBinding
 from hwsflow.core.groups import GroupTable
-from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, MalformedMessage, message_extent
+from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, Buffer, MalformedMessage, message_extent
 
 if TYPE_CHECKING:
     from hwsflow.core._fastpath import Loop
@@ -38,15 +37,23 @@ FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stri
 SOURCE_TYPE_IFINDEX = 0
 
 
+CompiledLayout = tuple[tuple[tuple[int, int, int], ...], dict[str, tuple[int, int]], int, dict[str, int], int,
+                       dict[str, int]]
+
+
+def new_compiled_loop_layout(family_id: int) -> CompiledLayout:
+    """What the compiled loop is given at start, from the one declaration of each layout: the usual psample
+    message's checks and fields, and the compact flow sample's offsets, size and constant fields."""
+    # the constant fields: an ingress sample with one raw Ethernet header record
+    constants = {"tag": FLOW_SAMPLE, "output": 0, "records": 1, "record_tag": SAMPLED_HEADER,
+                 "protocol": HEADER_PROTOCOL_ETHERNET, "stripped": FCS_LEN}
+    return (psample.usual_checks(family_id), psample.USUAL_FIELDS, psample.USUAL_SIZE, FLOW_COMPACT_AT,
+            FLOW_COMPACT.size, constants)
+
+
 def new_compiled_loop(family_id: int) -> Loop:
-    """The compiled loop for this family's messages, given both layouts from their one declaration."""
-    loop: Loop = fastpath.module().Loop(
-        psample.usual_checks(family_id), psample.USUAL_FIELDS, psample.USUAL_SIZE,
-        FLOW_COMPACT_AT, FLOW_COMPACT.size,
-        # the compact flow sample's constant fields: an ingress sample with one raw Ethernet header record
-        {"tag": FLOW_SAMPLE, "output": 0, "records": 1, "record_tag": SAMPLED_HEADER,
-         "protocol": HEADER_PROTOCOL_ETHERNET, "stripped": FCS_LEN},
-    )
+    """The compiled loop for this family's messages."""
+    loop: Loop = fastpath.module().Loop(*new_compiled_loop_layout(family_id))
     return loop
 
 
@@ -194,7 +201,7 @@ class SamplePipeline:
                      extra, extra_count)
 
     def _export(self, binding: GroupBinding, uptime_ms: int, group_seq: int, rate: int, orig_size: int,
-                iif: int, data: bytes | memoryview, extra: bytes = b"", extra_count: int = 0) -> None:
+                iif: int, data: bytes | bytearray | memoryview, extra: bytes = b"", extra_count: int = 0) -> None:
         binding.account(group_seq, rate)
         source = binding.source
         self.stats.samples += 1

@@ -19,7 +19,7 @@ import mmap
 import os
 import struct
 from itertools import accumulate, chain
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 MSG_DONTWAIT = 0x40
 SLOTS = 128  # messages per recvmmsg call
@@ -46,9 +46,9 @@ class _MMsgHdr(ctypes.Structure):
 
 
 def _headers(base: int, slots: int, stride: int, lengths: list[int], name: int | None = None,
-             namelen: int = 0) -> tuple[ctypes.Array, ctypes.Array]:
+             namelen: int = 0) -> tuple[ctypes.Array[_IoVec], ctypes.Array[_MMsgHdr]]:
     """The iovec and mmsghdr arrays for `slots` messages at base + i * stride, lengths[i] bytes each."""
-    iov = (_IoVec * slots)(*((base + i * stride, lengths[i]) for i in range(slots)))
+    iov = (_IoVec * slots)(*(_IoVec(base + i * stride, lengths[i]) for i in range(slots)))
     hdrs = (_MMsgHdr * slots)()
     for i in range(slots):
         hdr = hdrs[i].msg_hdr
@@ -59,8 +59,8 @@ def _headers(base: int, slots: int, stride: int, lengths: list[int], name: int |
     return iov, hdrs
 
 
-def _libc_call(name: str, argtypes: list) -> Callable[..., int]:
-    function = getattr(ctypes.CDLL(None, use_errno=True), name)
+def _libc_call(name: str, argtypes: Sequence[Any]) -> Callable[..., int]:
+    function = ctypes.CDLL(None, use_errno=True)[name]
     function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
@@ -174,7 +174,7 @@ class DatagramSender:
         self._hdr_size = ctypes.sizeof(_MMsgHdr)
         # every iovec (base, length) of a load written by one pack: no Python step per datagram
         self._iov_packs = [struct.Struct("@" + "PN" * n).pack_into for n in range(slots + 1)]
-        self._iov: ctypes.Array | None = None
+        self._iov: ctypes.Array[_IoVec] | None = None
         self._resize(area_size)
 
     def _resize(self, area_size: int) -> None:

@@ -74,7 +74,7 @@ class Options:
 
 
 def _checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -122,7 +122,7 @@ def _sender(conn: Connection, port_id: int, ports: int) -> None:
     # GROUP_SEQ per stream: each pipeline's runs must see no gap where other readers' messages went
     seqs = {stream: [0] * len(msgs) for stream in ("agent", "python", "bare")}
     # a multiple of the ports, so that slot i always carries port i % ports
-    sbuf = SendBuffer([msgs[i % len(msgs)] for i in range(SEND_BATCH - SEND_BATCH % len(msgs))], port_id)
+    sbuf = SendBuffer([bytes(msgs[i % len(msgs)]) for i in range(SEND_BATCH - SEND_BATCH % len(msgs))], port_id)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC) as sock:
         sock.bind((0, 0))
         while True:
@@ -308,7 +308,7 @@ class RunResult:
     cpu_seconds: float
 
 
-def _receive(sock: socket.socket, sender: Connection, command: tuple, read_some: Callable[[], int],
+def _receive(sock: socket.socket, sender: Connection, command: tuple[str, int, int, str], read_some: Callable[[], int],
              tick: Callable[[], None] | None = None) -> RunResult:
     """Start the sender, read until it is done and the socket is empty, as the agent's event loop would.
 
@@ -432,7 +432,8 @@ class _Bench:
                 pipeline.flush(self.uptime_ms())
                 self.collectors.send(pipeline.take())
         self.collectors.send([b""])
-        return self.collector.recv()
+        totals: tuple[int, int, list[bytes]] = self.collector.recv()
+        return totals
 
     def close(self) -> None:
         self.sender.send(None)

@@ -5,9 +5,12 @@ Pure code over bytes; the sockets live in psample_socket.py.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import Iterator
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 GENL_HDR = struct.Struct("=BBH")  # cmd, version, reserved
@@ -56,7 +59,7 @@ def attr(attr_type: int, value: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
-def message_extent(buf: bytes | bytearray | memoryview, offset: int, end: int) -> tuple[int, int, int]:
+def message_extent(buf: Buffer, offset: int, end: int) -> tuple[int, int, int]:
     """(nlmsg type, message start, message end) of the netlink message at offset; MalformedMessage if cut."""
     if end - offset < NLMSG_HDR.size:
         raise MalformedMessage(f"truncated netlink header ({end - offset} bytes)")
@@ -75,7 +78,7 @@ def iter_messages(buf: bytes | bytearray | memoryview, end: int) -> Iterator[tup
         pos = (stop + 3) & ~3
 
 
-def iter_attrs(buf: bytes | bytearray | memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+def iter_attrs(buf: Buffer, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(type, value start, value end) of each attribute in buf[pos:end]; MalformedMessage on a bad length."""
     while end - pos >= NLA_HDR.size:
         length, attr_type = NLA_HDR.unpack_from(buf, pos)

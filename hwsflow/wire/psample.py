@@ -10,12 +10,12 @@ Tests hold the two to identical results.
 
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hwsflow.wire.netlink import (
+    Buffer,
     GENL_HDR,
     HEADERS_LEN,
     NLA_HDR,
@@ -50,7 +50,6 @@ CMD_GET_GROUP = 1
 CMD_NEW_GROUP = 2
 CMD_DEL_GROUP = 3
 
-Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
@@ -113,7 +112,7 @@ def probability_to_rate(probability: int) -> int:
     return max(1, min(0xFFFFFFFF, round((1 << 32) / probability)))
 
 
-def decode_sample(buf: bytes | bytearray | memoryview, offset: int = 0, end: int | None = None) -> Sample:
+def decode_sample(buf: Buffer, offset: int = 0, end: int | None = None) -> Sample:
     """General parser of one whole netlink message (nlmsghdr + genlmsghdr + attributes)."""
     end = len(buf) if end is None else end
     _msg_type, start, stop = message_extent(buf, offset, end)
@@ -133,7 +132,7 @@ def decode_sample(buf: bytes | bytearray | memoryview, offset: int = 0, end: int
     return sample
 
 
-def _apply_attr(sample: Sample, attr_type: int, buf, start: int, end: int) -> None:
+def _apply_attr(sample: Sample, attr_type: int, buf: Buffer, start: int, end: int) -> None:
     scalar = _SCALARS.get(attr_type)
     if scalar is not None:
         wire, name = scalar

@@ -158,7 +158,7 @@ class DatagramBuilder:
         output_if: int,
         frame_length: int,
         stripped: int,
-        header: bytes | memoryview,
+        header: bytes | bytearray | memoryview,
         extra_records: bytes = b"",
         extra_count: int = 0,
     ) -> None:

@@ -12,7 +12,7 @@ setup(
             "hwsflow.core._fastpath",
             sources=["hwsflow/core/_fastpath.c", "hwsflow/core/fastpath_core.c"],
             depends=["hwsflow/core/fastpath_core.h"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )
     ],

@@ -41,11 +41,11 @@ static void setup_layout(void)
             abort();
     for (size_t i = 0; i < sizeof fuzz_in / sizeof fuzz_in[0]; i++) {
         int at = name_index(hws_in_names, HWS_IN_COUNT, fuzz_in[i].name);
-        layout.in[at] = (struct hws_field){fuzz_in[i].at, fuzz_in[i].size};
+        layout.in[at] = (struct hws_field){.at = fuzz_in[i].at, .size = fuzz_in[i].size};
     }
     for (size_t i = 0; i < sizeof fuzz_out / sizeof fuzz_out[0]; i++)
         layout.out_at[name_index(hws_out_names, HWS_OUT_COUNT, fuzz_out[i].name)] = fuzz_out[i].at;
-    if (hws_layout_check(&layout))
+    if (hws_layout_finish(&layout))
         abort();
     for (size_t i = 0; i < sizeof fuzz_constants / sizeof fuzz_constants[0]; i++)
         if (hws_layout_set_out_constant(&layout, name_index(hws_out_names, HWS_OUT_COUNT, fuzz_constants[i].name),

@@ -25,6 +25,7 @@ struct entry {
 };
 
 struct run_ctx {
+    uint32_t ids[CACHE];      /* entries[i].group: scanned by every look-up */
     PyObject *by_group;
     long header_room;
     struct entry entries[CACHE];
@@ -35,9 +36,14 @@ struct run_ctx {
     int error;                /* a Python exception is set */
 };
 
-static int get_u64(PyObject *obj, const char *name, uint64_t *out)
+/* attribute names, interned once: a look-up by a C string would make a str object every time */
+enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_SOURCE, A_IFINDEX, A_FLOW_SEQ, A_POOL, A_RESYNC_CREDIT, A_BUFFER, A_POSITION, A_COUNT };
+static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "source", "ifindex", "flow_seq", "pool", "resync_credit", "buffer", "position"};
+static PyObject *attr[A_COUNT];
+
+static int get_u64(PyObject *obj, enum attr name, uint64_t *out)
 {
-    PyObject *value = PyObject_GetAttrString(obj, name);
+    PyObject *value = PyObject_GetAttr(obj, attr[name]);
     if (value == NULL)
         return -1;
     int ok = PyLong_Check(value);
@@ -56,12 +62,12 @@ static int get_u64(PyObject *obj, const char *name, uint64_t *out)
     return 0;
 }
 
-static int set_u64(PyObject *obj, const char *name, uint64_t value)
+static int set_u64(PyObject *obj, enum attr name, uint64_t value)
 {
     PyObject *v = PyLong_FromUnsignedLongLong(value);
     if (v == NULL)
         return -1;
-    int rc = PyObject_SetAttrString(obj, name, v);
+    int rc = PyObject_SetAttr(obj, attr[name], v);
     Py_DECREF(v);
     return rc;
 }
@@ -69,7 +75,7 @@ static int set_u64(PyObject *obj, const char *name, uint64_t value)
 /* 0 loaded, 1 not the loop's, -1 error */
 static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
 {
-    PyObject *direction = PyObject_GetAttrString(binding, "direction");
+    PyObject *direction = PyObject_GetAttr(binding, attr[A_DIRECTION]);
     if (direction == NULL)
         return -1;
     int ingress = PyUnicode_Check(direction) && PyUnicode_CompareWithASCIIString(direction, "ingress") == 0;
@@ -78,21 +84,21 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
         return 1;
     uint64_t header, ifindex, drops, last = 0;
     int rc;
-    if ((rc = get_u64(binding, "header", &header)) != 0 || (rc = get_u64(binding, "drops", &drops)) != 0)
+    if ((rc = get_u64(binding, A_HEADER, &header)) != 0 || (rc = get_u64(binding, A_DROPS, &drops)) != 0)
         return rc;
     if ((long long)header > ctx->header_room)
         return 1;
-    PyObject *last_obj = PyObject_GetAttrString(binding, "last_group_seq");
+    PyObject *last_obj = PyObject_GetAttr(binding, attr[A_LAST_GROUP_SEQ]);
     if (last_obj == NULL)
         return -1;
     int has_last = last_obj != Py_None;
     Py_DECREF(last_obj);
-    if (has_last && ((rc = get_u64(binding, "last_group_seq", &last)) != 0 || last > UINT32_MAX))
+    if (has_last && ((rc = get_u64(binding, A_LAST_GROUP_SEQ, &last)) != 0 || last > UINT32_MAX))
         return rc ? rc : 1;
-    PyObject *source = PyObject_GetAttrString(binding, "source");
+    PyObject *source = PyObject_GetAttr(binding, attr[A_SOURCE]);
     if (source == NULL)
         return -1;
-    rc = get_u64(source, "ifindex", &ifindex);
+    rc = get_u64(source, A_IFINDEX, &ifindex);
     if (rc == 0 && ifindex > 0xFFFFFF)
         rc = 1; /* the expanded form: the Python path */
     size_t s;
@@ -100,9 +106,9 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
         ;
     if (rc == 0 && s == ctx->nsources) {
         struct hws_source *st = &ctx->sources[s];
-        if ((rc = get_u64(source, "flow_seq", &st->flow_seq)) == 0 && (rc = get_u64(source, "pool", &st->pool)) == 0
-            && (rc = get_u64(source, "drops", &st->drops)) == 0)
-            rc = get_u64(source, "resync_credit", &st->resync_credit);
+        if ((rc = get_u64(source, A_FLOW_SEQ, &st->flow_seq)) == 0 && (rc = get_u64(source, A_POOL, &st->pool)) == 0
+            && (rc = get_u64(source, A_DROPS, &st->drops)) == 0)
+            rc = get_u64(source, A_RESYNC_CREDIT, &st->resync_credit);
         if (rc == 0) {
             Py_INCREF(source);
             ctx->source_objs[ctx->nsources++] = source;
@@ -124,8 +130,8 @@ static struct hws_group *lookup(void *opaque, uint32_t group)
 {
     struct run_ctx *ctx = opaque;
     for (size_t i = 0; i < ctx->nentries; i++) {
-        struct entry *e = &ctx->entries[i];
-        if (e->group == group) {
+        if (ctx->ids[i] == group) {
+            struct entry *e = &ctx->entries[i];
             if (e->binding == NULL)
                 return NULL;
             e->dirty = 1; /* hws_run accounts what it looks up, or stops for a full datagram */
@@ -136,6 +142,7 @@ static struct hws_group *lookup(void *opaque, uint32_t group)
         ctx->full = 1;
         return NULL;
     }
+    ctx->ids[ctx->nentries] = group;
     struct entry *e = &ctx->entries[ctx->nentries++];
     *e = (struct entry){.group = group};
     PyObject *key = PyLong_FromUnsignedLong(group);
@@ -168,8 +175,8 @@ static int store(struct run_ctx *ctx)
         if (e->binding == NULL)
             continue;
         if (rc == 0 && e->dirty && e->state.has_last
-            && (set_u64(e->binding, "last_group_seq", e->state.last_seq) < 0
-                || set_u64(e->binding, "drops", e->state.drops) < 0))
+            && (set_u64(e->binding, A_LAST_GROUP_SEQ, e->state.last_seq) < 0
+                || set_u64(e->binding, A_DROPS, e->state.drops) < 0))
             rc = -1;
         Py_DECREF(e->binding);
         Py_DECREF(e->source);
@@ -177,9 +184,9 @@ static int store(struct run_ctx *ctx)
     for (size_t s = 0; s < ctx->nsources; s++) {
         const struct hws_source *st = &ctx->sources[s];
         PyObject *src = ctx->source_objs[s];
-        if (rc == 0 && (set_u64(src, "flow_seq", st->flow_seq) < 0 || set_u64(src, "pool", st->pool) < 0
-                        || set_u64(src, "drops", st->drops) < 0
-                        || set_u64(src, "resync_credit", st->resync_credit) < 0))
+        if (rc == 0 && (set_u64(src, A_FLOW_SEQ, st->flow_seq) < 0 || set_u64(src, A_POOL, st->pool) < 0
+                        || set_u64(src, A_DROPS, st->drops) < 0
+                        || set_u64(src, A_RESYNC_CREDIT, st->resync_credit) < 0))
             rc = -1;
         Py_DECREF(src);
     }
@@ -188,21 +195,31 @@ static int store(struct run_ctx *ctx)
     return rc;
 }
 
-static PyObject *call_commit(PyObject *builder, size_t end, size_t samples)
+static PyObject *str_commit, *str_commit_and_flush; /* interned method names */
+
+/* builder.commit(end, samples), or with uptime_ms (not NULL) builder.commit_and_flush(end, samples, uptime_ms) */
+static PyObject *call_commit(PyObject *builder, size_t end, size_t samples, PyObject *uptime_ms)
 {
-    return PyObject_CallMethod(builder, "commit", "nn", (Py_ssize_t)end, (Py_ssize_t)samples);
+    PyObject *args[4] = {builder, PyLong_FromSize_t(end), PyLong_FromSize_t(samples), uptime_ms};
+    PyObject *result = NULL;
+    if (args[1] != NULL && args[2] != NULL)
+        result = PyObject_VectorcallMethod(uptime_ms ? str_commit_and_flush : str_commit, args,
+                                           (uptime_ms ? 4 : 3) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    return result;
 }
 
 static int builder_state(PyObject *builder, Py_buffer *view, size_t *pos, long *room)
 {
-    PyObject *buffer = PyObject_GetAttrString(builder, "buffer");
+    PyObject *buffer = PyObject_GetAttr(builder, attr[A_BUFFER]);
     if (buffer == NULL)
         return -1;
     int rc = PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE);
     Py_DECREF(buffer);
     if (rc < 0)
         return -1;
-    PyObject *p = PyObject_GetAttrString(builder, "position");
+    PyObject *p = PyObject_GetAttr(builder, attr[A_POSITION]);
     PyObject *r = p ? PyObject_CallMethod(builder, "compact_header_room", NULL) : NULL;
     Py_ssize_t position = p ? PyLong_AsSsize_t(p) : -1;
     *room = r ? PyLong_AsLong(r) : -1;
@@ -225,9 +242,9 @@ static PyObject *Loop_run(LoopObject *self, PyObject *args)
     Py_buffer area, out_view;
     PyObject *lengths_obj, *builder, *by_group;
     Py_ssize_t stride, first;
-    unsigned long long uptime;
-    if (!PyArg_ParseTuple(args, "y*OnnKOO!", &area, &lengths_obj, &stride, &first, &uptime, &builder,
-                          &PyDict_Type, &by_group))
+    PyObject *uptime;
+    if (!PyArg_ParseTuple(args, "y*OnnO!OO!", &area, &lengths_obj, &stride, &first, &PyLong_Type, &uptime,
+                          &builder, &PyDict_Type, &by_group))
         return NULL;
     PyObject *seq = PySequence_Fast(lengths_obj, "lengths must be a sequence");
     if (seq == NULL || stride < 1 || first < 0) {
@@ -279,28 +296,28 @@ static PyObject *Loop_run(LoopObject *self, PyObject *args)
         if (stop != HWS_FULL)
             break;
         /* the datagram is full: the builder finishes it and says where the next sample goes */
-        PyObject *r = call_commit(builder, out.pos, out.samples);
+        PyObject *at = call_commit(builder, out.pos, out.samples, uptime);
         committed += out.samples;
         out.samples = 0;
-        if (r == NULL)
-            break;
-        Py_DECREF(r);
-        PyObject *at = PyObject_CallMethod(builder, "reserve", "nK", (Py_ssize_t)need, uptime);
         if (at == NULL)
             break;
         Py_ssize_t pos = PyLong_AsSsize_t(at);
         Py_DECREF(at);
         if (pos < 0 || (size_t)pos > out.max) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "builder.reserve returned a position outside its buffer");
+                PyErr_SetString(PyExc_ValueError, "builder.commit_and_flush returned a position outside its buffer");
             break;
         }
         out.pos = (size_t)pos;
+        if (need > out.max - out.pos) { /* the look-up admits no group whose samples an empty datagram lacks room for */
+            PyErr_Format(PyExc_ValueError, "a sample of %zu bytes does not fit an empty datagram", need);
+            break;
+        }
     }
     int failed = PyErr_Occurred() != NULL;
     size_t packed = committed + out.samples;
     if (!failed && out.samples) {
-        PyObject *r = call_commit(builder, out.pos, out.samples);
+        PyObject *r = call_commit(builder, out.pos, out.samples, NULL);
         failed = r == NULL;
         Py_XDECREF(r);
     }
@@ -383,7 +400,7 @@ static int Loop_init(LoopObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "flow_at names fields the compiled loop does not know");
         return -1;
     }
-    if (hws_layout_check(l) < 0) {
+    if (hws_layout_finish(l) < 0) {
         PyErr_SetString(PyExc_ValueError, "the psample or flow sample layout is not one the compiled loop can use");
         return -1;
     }
@@ -443,6 +460,13 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     if (PyType_Ready(&LoopType) < 0)
+        return NULL;
+    for (int i = 0; i < A_COUNT; i++)
+        if ((attr[i] = PyUnicode_InternFromString(attr_text[i])) == NULL)
+            return NULL;
+    str_commit = PyUnicode_InternFromString("commit");
+    str_commit_and_flush = PyUnicode_InternFromString("commit_and_flush");
+    if (str_commit == NULL || str_commit_and_flush == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -23,16 +23,26 @@ const unsigned char hws_out_computed[HWS_OUT_COUNT] = {
 #define FCS_ORIG_MAX (0xFFFFFFFFu - 4u) /* ORIGSIZE above this clamps frame_length (pipeline._MAX_ORIG) */
 #define FCS_LEN 4u
 
-static uint32_t read_native(const uint8_t *p, uint32_t size)
+static uint32_t load32(const uint8_t *p)
 {
-    uint8_t b8;
-    uint16_t b16;
-    uint32_t b32;
-    switch (size) {
-    case 1: memcpy(&b8, p, 1); return b8;
-    case 2: memcpy(&b16, p, 2); return b16;
-    default: memcpy(&b32, p, 4); return b32;
-    }
+    uint32_t v;
+    memcpy(&v, p, 4); /* one unaligned load */
+    return v;
+}
+
+/* a native value of size bytes at `at`, read as the 4-byte word that ends with it: 0 when it fits */
+static int place(uint32_t at, uint32_t size, uint32_t *word, uint32_t *shift, uint32_t *mask)
+{
+    if (at + size < 4)
+        return -1;
+    *word = at + size - 4;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    *shift = 0;
+#else
+    *shift = 8 * (4 - size);
+#endif
+    *mask = size == 4 ? UINT32_MAX : (1u << (8 * size)) - 1u;
+    return 0;
 }
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -49,14 +59,14 @@ void hws_layout_init(struct hws_layout *layout)
 {
     memset(layout, 0, sizeof *layout);
     for (int i = 0; i < HWS_OUT_COUNT; i++)
-        layout->out_at[i] = UINT32_MAX; /* unset: hws_layout_check refuses it */
+        layout->out_at[i] = UINT32_MAX; /* unset: hws_layout_finish refuses it */
 }
 
 int hws_layout_add_check(struct hws_layout *layout, uint32_t at, uint32_t size, uint32_t value)
 {
     if (layout->nchecks >= HWS_MAX_CHECKS || !size_ok(size))
         return -1;
-    layout->checks[layout->nchecks++] = (struct hws_check){at, size, value};
+    layout->checks[layout->nchecks++] = (struct hws_check){.at = at, .size = size, .value = value};
     return 0;
 }
 
@@ -71,18 +81,18 @@ int hws_layout_set_out_constant(struct hws_layout *layout, int field, uint32_t v
     return 0;
 }
 
-int hws_layout_check(const struct hws_layout *layout)
+int hws_layout_finish(struct hws_layout *layout)
 {
     if (layout->data_at < HWS_NLA_HDR || layout->data_at > 4096)
         return -1;
     for (uint32_t i = 0; i < layout->nchecks; i++) {
-        const struct hws_check *c = &layout->checks[i];
-        if (!size_ok(c->size) || c->at > layout->data_at - c->size)
+        struct hws_check *c = &layout->checks[i];
+        if (!size_ok(c->size) || c->at > layout->data_at - c->size || place(c->at, c->size, &c->word, &c->shift, &c->mask))
             return -1;
     }
     for (int i = 0; i < HWS_IN_COUNT; i++) {
-        const struct hws_field *f = &layout->in[i];
-        if (!size_ok(f->size) || f->at > layout->data_at - f->size)
+        struct hws_field *f = &layout->in[i];
+        if (!size_ok(f->size) || f->at > layout->data_at - f->size || place(f->at, f->size, &f->word, &f->shift, &f->mask))
             return -1;
     }
     if (layout->in[HWS_IN_LENGTH].size != 4 || layout->in[HWS_IN_DATA_NLA_LEN].at != layout->data_at - HWS_NLA_HDR)
@@ -98,6 +108,8 @@ int hws_layout_check(const struct hws_layout *layout)
             if (used[b]++)
                 return -1; /* two fields overlap */
     }
+    for (int i = 0; i < HWS_OUT_COUNT; i++)
+        layout->computed[i] = hws_out_computed[i] ? layout->out_at[i] : UINT32_MAX;
     return 0;
 }
 
@@ -108,12 +120,12 @@ int hws_decode(const struct hws_layout *layout, const uint8_t *msg, size_t len,
         return 0;
     for (uint32_t i = 0; i < layout->nchecks; i++) {
         const struct hws_check *c = &layout->checks[i];
-        if (read_native(msg + c->at, c->size) != c->value)
+        if ((load32(msg + c->word) >> c->shift & c->mask) != c->value)
             return 0;
     }
     uint32_t v[HWS_IN_COUNT];
     for (int i = 0; i < HWS_IN_COUNT; i++)
-        v[i] = read_native(msg + layout->in[i].at, layout->in[i].size);
+        v[i] = load32(msg + layout->in[i].word) >> layout->in[i].shift & layout->in[i].mask;
     uint32_t nla_len = v[HWS_IN_DATA_NLA_LEN];
     /* DATA is the last attribute and ends the message exactly, which fills the read */
     if (nla_len < HWS_NLA_HDR || v[HWS_IN_LENGTH] != len)
@@ -189,8 +201,8 @@ int hws_pack(const struct hws_layout *layout, struct hws_out *out, const struct 
     values[HWS_OUT_HEADER_LENGTH] = (uint32_t)hlen;
     memcpy(p, layout->out_template, layout->out_size);
     for (int i = 0; i < HWS_OUT_COUNT; i++)
-        if (hws_out_computed[i])
-            put_be32(p + layout->out_at[i], values[i]);
+        if (layout->computed[i] != UINT32_MAX)
+            put_be32(p + layout->computed[i], values[i]);
     memcpy(p + layout->out_size, msg + layout->data_at, hlen);
     memset(p + layout->out_size + hlen, 0, padded - hlen); /* the buffer is reused: write the padding */
     out->pos += size;

@@ -27,8 +27,10 @@ extern const unsigned char hws_out_computed[HWS_OUT_COUNT];
 #define HWS_MAX_FLOW 256 /* bytes of the fixed part of a flow sample */
 #define HWS_NLA_HDR 4
 
-struct hws_check { uint32_t at, size, value; };
-struct hws_field { uint32_t at, size; };
+/* at and size as the tables give them; hws_layout_finish derives the rest: where the 4-byte word that ends
+ * with the value starts, and the shift and mask that take the value out of it (one load per value) */
+struct hws_check { uint32_t at, size, value, word, shift, mask; };
+struct hws_field { uint32_t at, size, word, shift, mask; };
 
 struct hws_layout {
     struct hws_check checks[HWS_MAX_CHECKS];
@@ -38,11 +40,13 @@ struct hws_layout {
     uint32_t out_at[HWS_OUT_COUNT];
     uint32_t out_size;         /* the flow sample's fixed part; the header bytes follow */
     uint8_t out_template[HWS_MAX_FLOW]; /* the constants in place, network byte order */
+    uint32_t computed[HWS_OUT_COUNT]; /* the offsets hws_pack writes, in hws_out_field order */
 };
 
-/* 0 when the layout is sound: sizes 1, 2 or 4, everything inside its part, no flow field overlapping
- * another, every constant field given (built by hws_layout_init / hws_layout_set_*). */
-int hws_layout_check(const struct hws_layout *layout);
+/* 0 when the layout is sound (sizes 1, 2 or 4, everything inside its part, no flow field overlapping
+ * another), with what hws_decode needs derived; -1 otherwise.  Call it after setting data_at, the checks,
+ * the fields, out_size and out_at, before the constants. */
+int hws_layout_finish(struct hws_layout *layout);
 void hws_layout_init(struct hws_layout *layout);
 int hws_layout_add_check(struct hws_layout *layout, uint32_t at, uint32_t size, uint32_t value);
 int hws_layout_set_out_constant(struct hws_layout *layout, int field, uint32_t value);

@@ -140,10 +140,21 @@ class DatagramBuilder:
 
     def commit(self, end: int, samples: int = 1) -> None:
         """`samples` samples were written into buffer, up to end."""
+        self._commit(end, samples)
+
+    def commit_and_flush(self, end: int, samples: int, uptime_ms: int) -> int:
+        """commit(end, samples), then finish the datagram: where the next one's first sample goes.  One call
+        where a compiled caller would make two, once per datagram."""
+        if self._commit(end, samples):
+            self._finish(uptime_ms)
+        return self._pos
+
+    def _commit(self, end: int, samples: int) -> int:
         if not self._header_len <= end <= self._max:
             raise ValueError(f"sample end {end} outside the datagram ({self._header_len}..{self._max})")
         self._pos = end
         self.pending += samples
+        return self.pending
 
     def add_flow_sample(
         self,

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the receive path with replayed psample messages (root)")
     bench.add_argument("--runs", type=int, default=5, help="full-speed runs; the median is reported")
     bench.add_argument("--samples", type=int, default=200_000, help="samples per full-speed run")
-    bench.add_argument("--offered", type=int, default=200_000, help="samples/s of the paced run")
+    bench.add_argument("--offered", type=int, default=400_000, help="samples/s of the paced run")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds of the paced run")
     bench.add_argument("--json", action="store_true", help="the figures as one JSON object")
     return parser

@@ -187,7 +187,25 @@ USUAL_FIELDS: dict[str, tuple[int, int]] = {
     "length": (0, 4), "iif": (24, 2), "rate": (32, 4), "orig_size": (40, 4), "group": (48, 4), "seq": (56, 4),
     "data_nla_len": (USUAL_SIZE - NLA_HDR.size, 2),
 }
-_NATIVE = {1: struct.Struct("=B"), 2: struct.Struct("=H"), 4: struct.Struct("=I")}
+_CODE = {1: "B", 2: "H", 4: "I"}
+
+
+def _reader(places: list[tuple[int, int]]) -> struct.Struct:
+    """One Struct reading native values of these (offset, size), in offset order, from a message's start."""
+    fmt, at = "=", 0
+    for offset, size in sorted(places):
+        fmt += f"{offset - at}x{_CODE[size]}"
+        at = offset + size
+    return struct.Struct(fmt)
+
+
+# the fixed fields and the values, each read by one unpack (USUAL_FIXED and USUAL_FIELDS are in offset order)
+_USUAL_CHECK = _reader([(at, size) for at, size, _ in USUAL_FIXED])
+_USUAL_CONSTANTS = tuple(value for _, _, value in USUAL_FIXED[1:])  # what follows the family id
+assert USUAL_FIXED[0][2] == USUAL_FAMILY
+_USUAL_VALUES = _reader(list(USUAL_FIELDS.values()))
+assert [at for at, _, _ in USUAL_FIXED] == sorted(at for at, _, _ in USUAL_FIXED)
+assert list(USUAL_FIELDS) == sorted(USUAL_FIELDS, key=lambda name: USUAL_FIELDS[name][0])
 
 
 def usual_checks(family_id: int) -> tuple[tuple[int, int, int], ...]:
@@ -222,10 +240,10 @@ def fast_decode(buf: Buffer, offset: int, end: int, family_id: int) -> UsualSamp
     """
     if end - offset < USUAL_SIZE:
         return None
-    for at, size, value in usual_checks(family_id):
-        if _NATIVE[size].unpack_from(buf, offset + at)[0] != value:
-            return None
-    field = {name: _NATIVE[size].unpack_from(buf, offset + at)[0] for name, (at, size) in USUAL_FIELDS.items()}
+    fixed = _USUAL_CHECK.unpack_from(buf, offset)
+    if fixed[0] != family_id or fixed[1:] != _USUAL_CONSTANTS:
+        return None
+    field = dict(zip(USUAL_FIELDS, _USUAL_VALUES.unpack_from(buf, offset)))
     nla_len, length = field["data_nla_len"], field["length"]
     if nla_len < NLA_HDR.size or length > end - offset or length != usual_length(nla_len):
         return None

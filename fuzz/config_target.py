@@ -15,9 +15,8 @@ import os
 import tempfile
 from functools import lru_cache
 
-from hwsflow.core.config import (
-    GROUP_ROOM, SAMPLE_ROOM, U32_MAX, Config, ConfigError, PortSettings, load_config, parse_config,
-)
+from hwsflow.core.config import SAMPLE_ROOM, Config, ConfigError, PortSettings, load_config, parse_config
+from hwsflow.core.model import GROUP_ROOM, U32_MAX
 
 # what one error may take: the file's path, then a key path and a reason written for a terminal line
 ERROR_MAX = 400

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hwsflow.core.control import (
-    HEADER_RANGE, MAX_REQUEST, U32_MAX, Disable, Enable, Request, RequestError, Status, encode_request, is_ifname,
+    MAX_REQUEST, Disable, Enable, Request, RequestError, Status, encode_request,
     ok_reply, parse_reply, parse_request,
 )
+from hwsflow.core.model import HEADER_MAX, HEADER_MIN, U32_MAX, is_ifname
 from hwsflow.linux.control_socket import ControlServer
 
 ERROR_MAX = 200  # parse_request cuts its messages here: a client prints them on one terminal line
@@ -40,7 +41,7 @@ def check_request(request: Request) -> None:
         assert is_ifname(request.port), request
     if isinstance(request, Enable):
         assert 1 <= request.rate <= U32_MAX and request.direction in (None, "ingress", "egress", "both")
-        assert request.header is None or HEADER_RANGE[0] <= request.header <= HEADER_RANGE[1]
+        assert request.header is None or HEADER_MIN <= request.header <= HEADER_MAX
     assert parse_request(encode_request(request)) == request
 
 

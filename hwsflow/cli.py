@@ -7,10 +7,11 @@ import logging
 import sys
 
 from hwsflow import __version__
+from hwsflow.core.model import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
+from hwsflow.core.model import DIRECTION_CHOICES, HEADER_MAX, HEADER_MIN, U32_MAX
 
 EXIT_CONFIG = 2  # config errors: nothing was touched
 EXIT_NOT_RUNNING = 3  # the control commands found no agent
-DEFAULT_SOCKET = "/run/hwsflow/control.sock"
 
 
 def _ranged(lo: int, hi: int):
@@ -44,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     enable = control("enable", "sample a port now (a runtime change: the config file wins at reload)")
     enable.add_argument("port")
-    enable.add_argument("--rate", type=_ranged(1, 2**32 - 1), required=True, help="sample 1 packet in RATE")
-    enable.add_argument("--direction", choices=("ingress", "egress", "both"))
-    enable.add_argument("--header", type=_ranged(14, 1024), help="bytes of each sampled packet to export")
+    enable.add_argument("--rate", type=_ranged(1, U32_MAX), required=True, help="sample 1 packet in RATE")
+    enable.add_argument("--direction", choices=DIRECTION_CHOICES)
+    enable.add_argument("--header", type=_ranged(HEADER_MIN, HEADER_MAX), help="bytes of each sampled packet to export")
     disable = control("disable", "stop sampling a port and remove its filter (until reload)")
     disable.add_argument("port")
     status = control("status", "what the running agent samples, sends and loses")

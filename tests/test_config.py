@@ -16,15 +16,14 @@ from hwsflow.core.config import (
     GLOBAL_KEYS,
     Config,
     ConfigError,
-    LinkInfo,
     PortRule,
     PortSettings,
     Target,
     global_changes,
     load_config,
     parse_config,
-    switch_id_text,
 )
+from hwsflow.core.model import LinkInfo, switch_id_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "hwsflow.yaml"
 MINIMAL = "targets: [192.0.2.10]\nports:\n  - name: enp4s0f0_1\n"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hwsflow.core.config import LinkInfo, parse_config
+from hwsflow.core.config import parse_config
+from hwsflow.core.model import LinkInfo
 from hwsflow.core.control import Enable
 from hwsflow.core.groups import GroupTable
 from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all

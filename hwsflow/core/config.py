@@ -10,23 +10,21 @@ never something silently ignored.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Literal, Mapping, get_args
+from typing import Callable, Mapping
 
 import yaml
 
-Direction = Literal["ingress", "egress", "both"]
-Offload = Literal["auto", "required", "software"]
+from hwsflow.core.model import (
+    DEFAULT_CONTROL_SOCKET, DIRECTION_CHOICES, GROUP_MAX, GROUP_MIN, GROUP_ROOM, HEADER_MAX, HEADER_MIN, OFFLOADS,
+    U32_MAX, DirectionChoice, LinkInfo, Offload, PortSelector, is_ifname,
+)
 
 DEFAULT_COLLECTOR_PORT = 6343  # sFlow's IANA port
-U32_MAX = 2**32 - 1
-GROUP_ROOM = 1 << 16  # psample group ids group_base must leave above it (one per port and direction)
 SAMPLE_ROOM = 200  # datagram header + flow sample + record headers, beyond the sampled header bytes
-IFNAMSIZ = 16  # the kernel's limit, NUL included
 MAX_SWITCH_ID = 32  # bytes: the kernel's MAX_PHYS_ITEM_ID_LEN
 SUN_PATH = 108  # bytes of sockaddr_un.sun_path, NUL included
 # bytes of a config file: tens of thousands of port rules fit, and parsing stays within seconds (3-4 s a MiB)
@@ -58,57 +56,26 @@ class Target:
 class PortSettings:
     sampling: int
     header: int
-    direction: Direction
+    direction: DirectionChoice
     offload: Offload
     priority: int
     chain: int
 
 
 @dataclass(frozen=True)
-class LinkInfo:
-    """What port selection looks at, read from rtnetlink by the agent."""
-
-    ifname: str
-    # IFLA_PHYS_SWITCH_ID as /sys/class/net/X/phys_switch_id shows it: lowercase hex, no separators
-    # (switch_id_text turns the attribute's bytes into it); None when the port is not a switchdev port
-    switch_id: str | None = None
-    port_name: str | None = None  # IFLA_PHYS_PORT_NAME: "p0" (uplink), "pf0vf3" (VF representor), "pf0"; None if absent
-
-
-def switch_id_text(raw: bytes) -> str:
-    """IFLA_PHYS_SWITCH_ID's bytes in the form LinkInfo.switch_id and PortRule.switch_id use."""
-    return raw.hex()
-
-
-@dataclass(frozen=True)
-class PortRule:
+class PortRule(PortSelector):
     """Selects ports by the selectors it gives (at least one), all of which must match.
 
     name and match exclude each other.  With group set the rule is receive-only: hwsflow installs
     no filter, it attributes the samples others' rules send to that psample group to the port name.
     """
 
-    name: str | None  # exact interface name
-    match: str | None  # glob over interface names
-    switch_id: str | None  # exact phys_switch_id, normalised like LinkInfo.switch_id
-    port_name: str | None  # glob over phys_port_name: "pf0vf*" is every VF representor of PF 0
     group: int | None  # receive-only: the fixed psample group of samples that rules installed by others produce
     settings: PortSettings
 
     @property
     def receive_only(self) -> bool:
         return self.group is not None
-
-    def selects(self, link: LinkInfo) -> bool:
-        # globs are case-sensitive like interface names, whatever the platform's path rules
-        if self.name is not None and link.ifname != self.name:
-            return False
-        if self.match is not None and not fnmatch.fnmatchcase(link.ifname, self.match):
-            return False
-        if self.switch_id is not None and link.switch_id != self.switch_id:
-            return False
-        return self.port_name is None or (link.port_name is not None
-                                          and fnmatch.fnmatchcase(link.port_name, self.port_name))
 
 
 @dataclass(frozen=True)
@@ -166,23 +133,23 @@ class _IntRange:
 _INT_RANGES: Mapping[str, _IntRange] = MappingProxyType({
     "sub_agent_id": _IntRange(0, U32_MAX),
     "sampling": _IntRange(1, U32_MAX),
-    "header": _IntRange(14, 1024, "bytes of each sampled packet; 14 is one Ethernet header"),
+    "header": _IntRange(HEADER_MIN, HEADER_MAX, "bytes of each sampled packet; 14 is one Ethernet header"),
     "polling": _IntRange(0, 3600, "seconds; 0 turns counter polling off"),
     "priority": _IntRange(1, 65535, "a tc filter priority"),
     "chain": _IntRange(0, U32_MAX),
-    "group_base": _IntRange(1, U32_MAX - GROUP_ROOM + 1,
+    "group_base": _IntRange(GROUP_MIN, GROUP_MAX - GROUP_ROOM + 1,
                             f"it must leave room for {GROUP_ROOM} psample groups, one per port and direction"),
     "datagram_size": _IntRange(256, 65000, "bytes of one sFlow datagram"),
     "rcvbuf": _IntRange(65536, 2**31 - 1, "bytes; SO_RCVBUFFORCE takes a signed 32-bit int"),
-    "group": _IntRange(1, U32_MAX, "a psample group id"),
+    "group": _IntRange(GROUP_MIN, GROUP_MAX, "a psample group id"),
 })
 _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "direction": get_args(Direction),
-    "offload": get_args(Offload),
+    "direction": DIRECTION_CHOICES,
+    "offload": OFFLOADS,
 })
 _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "agent": None, "sub_agent_id": 0, "polling": 20, "group_base": 1000, "datagram_size": 1400,
-    "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": "/run/hwsflow/control.sock",
+    "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": DEFAULT_CONTROL_SOCKET,
     "metrics": None,
 })
 _PORT_SETTING_KEYS = tuple(PortSettings.__dataclass_fields__)
@@ -192,7 +159,6 @@ _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling",
              "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ports")
 # what a receive-only rule cannot use: they shape the filter hwsflow does not install for it
 _FILTER_ONLY_KEYS = ("offload", "priority", "chain")
-_ONE_WAY: tuple[Direction, ...] = ("ingress", "egress")
 
 
 # characters of a value or of YAML's own complaint an error repeats: enough to recognise it, never a flood
@@ -381,12 +347,6 @@ def _text(key: str, value: object, what: str) -> str:
     return value
 
 
-def _is_ifname(text: str) -> bool:
-    """What the kernel accepts as a device name (dev_valid_name)."""
-    return (text.isprintable() and 0 < len(text.encode()) < IFNAMSIZ and text not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in text))
-
-
 def _looks_like_ipv4(text: str) -> bool:
     return "." in text and re.fullmatch(r"[0-9.]+", text) is not None
 
@@ -403,7 +363,7 @@ def _agent(value: object) -> str | None:
         return text
     except ValueError:
         pass
-    if _looks_like_ipv4(text) or not _is_ifname(text):  # 192.0.2.300 is a typo, not an interface
+    if _looks_like_ipv4(text) or not is_ifname(text):  # 192.0.2.300 is a typo, not an interface
         raise _Invalid("agent", f"{_quoted(text)} is neither an IP address nor an interface name "
                                 "(1 to 15 characters, no '/', ':' or whitespace)")
     return text
@@ -482,7 +442,7 @@ def _port_settings(mapping: dict, prefix: str, base: PortSettings) -> PortSettin
 
 def _ifname(key: str, value: object) -> str:
     name = _text(key, value, "an interface name")
-    if not _is_ifname(name):
+    if not is_ifname(name):
         raise _Invalid(key, f"{_quoted(name)} is not an interface name (1 to 15 characters, no '/', ':' or whitespace)")
     return name
 

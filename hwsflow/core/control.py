@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Union
+
+from hwsflow.core.model import DIRECTION_CHOICES, HEADER_MAX, HEADER_MIN, U32_MAX, DirectionChoice, is_ifname
 
 MAX_REQUEST = 4096  # bytes, newline included: a request is a few names and numbers
 MAX_REPLY = 1 << 24  # bytes: a status of tens of thousands of ports still fits
-U32_MAX = 2**32 - 1
-HEADER_RANGE = (14, 1024)  # as the config's `header`
-IFNAMSIZ = 16
-
-Direction = Literal["ingress", "egress", "both"]
-DIRECTIONS: tuple[str, ...] = ("ingress", "egress", "both")
 
 
 class RequestError(Exception):
@@ -36,7 +32,7 @@ class Status:
 class Enable:
     port: str
     rate: int
-    direction: Direction | None = None  # None: the port's configured direction, or the default
+    direction: DirectionChoice | None = None  # None: the port's configured direction, or the default
     header: int | None = None
 
 
@@ -46,14 +42,6 @@ class Disable:
 
 
 Request = Union[Status, Enable, Disable]
-
-
-def is_ifname(text: str) -> bool:
-    """What the kernel accepts as an interface name."""
-    # characters first: a lone surrogate (JSON's "\ud800") is not printable, and encode() would raise on it
-    if not text or text in (".", "..") or any(c in "/:" or c.isspace() or not c.isprintable() for c in text):
-        return False
-    return len(text.encode()) < IFNAMSIZ
 
 
 def _port(obj: dict) -> str:
@@ -100,10 +88,10 @@ def parse_request(data: bytes) -> Request:
     if cmd == "enable":
         _check_keys(obj, ("cmd", "port", "rate", "direction", "header"))
         direction = obj.get("direction")
-        if direction is not None and direction not in DIRECTIONS:
-            raise RequestError(f"`direction` must be one of {', '.join(DIRECTIONS)}, got {direction!r}"[:200])
+        if direction is not None and direction not in DIRECTION_CHOICES:
+            raise RequestError(f"`direction` must be one of {', '.join(DIRECTION_CHOICES)}, got {direction!r}"[:200])
         rate = _int(obj, "rate", 1, U32_MAX, required=True)
-        header = _int(obj, "header", *HEADER_RANGE, required=False)
+        header = _int(obj, "header", HEADER_MIN, HEADER_MAX, required=False)
         return Enable(_port(obj), rate, direction, header)  # type: ignore[arg-type]
     if cmd == "disable":
         _check_keys(obj, ("cmd", "port"))

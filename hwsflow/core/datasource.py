@@ -9,10 +9,7 @@ many of that direction's samples were lost.  Pure state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-Direction = Literal["ingress", "egress"]
-U32 = 0xFFFFFFFF
+from hwsflow.core.model import U32_MAX as U32, Direction
 HALF_U32 = 1 << 31
 
 

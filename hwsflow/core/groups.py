@@ -5,7 +5,8 @@ Pure mapping; samples whose group is not here are not hwsflow's and are ignored.
 
 from __future__ import annotations
 
-from hwsflow.core.datasource import DataSource, Direction, GroupBinding
+from hwsflow.core.datasource import DataSource, GroupBinding
+from hwsflow.core.model import GROUP_MAX, Direction
 
 
 class GroupTable:
@@ -31,7 +32,7 @@ class GroupTable:
         group = self.base
         while group in taken:
             group += 1
-        if group > 0xFFFFFFFF:
+        if group > GROUP_MAX:
             raise ValueError(f"no psample group left above group_base {self.base}")
         self._by_port[key] = group
         return group

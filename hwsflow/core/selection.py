@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from hwsflow.core.config import Config, LinkInfo, PortSettings
+from hwsflow.core.config import Config, PortSettings
+from hwsflow.core.model import Direction, LinkInfo, directions_of
 from hwsflow.core.control import Enable
 
 # by interface name: settings `hwsflow enable` gave, or None for `hwsflow disable`
@@ -27,10 +28,9 @@ class PortPlan:
     runtime: bool = False  # set by `hwsflow enable`, not by the config file
 
     @property
-    def directions(self) -> list[str]:
-        if self.receive_group is not None:
-            return [self.settings.direction]
-        return ["ingress", "egress"] if self.settings.direction == "both" else [self.settings.direction]
+    def directions(self) -> list[Direction]:
+        # a receive-only rule is one direction: the config refuses "both" for it
+        return list(directions_of(self.settings.direction))
 
 
 def enabled_settings(config: Config, link: LinkInfo, request: Enable) -> PortSettings:

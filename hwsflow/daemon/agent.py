@@ -23,7 +23,8 @@ from hwsflow import __version__
 
 from hwsflow.linux import rtnl_events, tc
 from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
-from hwsflow.core.config import Config, ConfigError, LinkInfo, global_changes, load_config
+from hwsflow.core.config import Config, ConfigError, global_changes, load_config
+from hwsflow.core.model import SO_RCVBUFFORCE, U32_MAX, LinkInfo
 from hwsflow.core.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
 from hwsflow.linux.control_socket import AlreadyRunning, ControlServer
 from hwsflow.core.counters import counter_records
@@ -34,7 +35,7 @@ from hwsflow.daemon.logs import RateLimiter
 from hwsflow.core import fastpath
 from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.daemon.ports import PortManager
-from hwsflow.linux.psample_socket import SO_RCVBUFFORCE, PsampleSocket, PsampleUnavailable, kernel_drops
+from hwsflow.linux.psample_socket import PsampleSocket, PsampleUnavailable, kernel_drops
 from hwsflow.linux.mmsg import RecvBuffer
 from hwsflow.daemon.receive import BATCH, drain
 from hwsflow.linux.rtnl import RtnlWorker, addresses, link_state, read_link, read_links
@@ -501,7 +502,7 @@ class Agent:
                 samples_per_s=round(self.rates.rate(row["ifindex"]), 1),
                 samples=source.samples if source else 0,
                 drops=source.drops if source else 0,
-                pool=source.pool & 0xFFFFFFFF if source else 0,
+                pool=source.pool & U32_MAX if source else 0,
                 pool_total=source.pool if source else 0,  # before the 32-bit wrap: a counter for metrics
                 last_sample_age_s=self.rates.age(row["ifindex"], now),
             )

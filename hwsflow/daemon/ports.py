@@ -16,7 +16,8 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hwsflow.linux import tc
-from hwsflow.core.config import Config, LinkInfo, PortSettings
+from hwsflow.core.config import Config, PortSettings
+from hwsflow.core.model import DIRECTIONS, Direction, LinkInfo
 from hwsflow.core.control import Disable, Enable, RequestError
 from hwsflow.core.groups import GroupTable
 from hwsflow.daemon.logs import RateLimiter
@@ -131,21 +132,21 @@ class PortManager:
         for spec in current.specs if current else []:
             if spec.direction not in wanted_directions:
                 await self._uninstall(port, spec)
-        for direction in ("ingress", "egress"):
+        for direction in DIRECTIONS:
             if direction not in plan.directions:
-                self.groups.release(plan.ifindex, direction)  # type: ignore[arg-type]
+                self.groups.release(plan.ifindex, direction)
         if plan.receive_group is not None:
             direction = plan.directions[0]
-            self.groups.release(plan.ifindex, direction)  # type: ignore[arg-type]  # a group of ours goes
-            self.groups.bind(plan.ifindex, plan.ifname, direction, plan.settings.sampling,  # type: ignore[arg-type]
+            self.groups.release(plan.ifindex, direction)  # a group of ours goes
+            self.groups.bind(plan.ifindex, plan.ifname, direction, plan.settings.sampling,
                              plan.settings.header, wanted=plan.receive_group)
             log.info("port %s (ifindex %d): receive-only, %s samples of psample group %d", plan.ifname,
                      plan.ifindex, direction, plan.receive_group)
             return
         for direction in plan.directions:
-            await self._install(port, direction)  # type: ignore[arg-type]
+            await self._install(port, direction)
 
-    async def _install(self, port: WatchedPort, direction: tc.Direction) -> None:
+    async def _install(self, port: WatchedPort, direction: Direction) -> None:
         plan, settings = port.plan, port.plan.settings
         try:
             # a filter of ours already there (an earlier run was killed) keeps its group: adopted as is
@@ -179,7 +180,7 @@ class PortManager:
                  " (software only: only the slow path is sampled)" if state.in_hw is False else "",
                  ", adopted the filter an earlier run left" if adopted else "")
 
-    def _failed(self, port: WatchedPort, direction: tc.Direction, message: str, code: str) -> None:
+    def _failed(self, port: WatchedPort, direction: Direction, message: str, code: str) -> None:
         log.error("%s", message)
         port.error, port.error_code = message, code
         self.groups.release(port.plan.ifindex, direction)
@@ -198,8 +199,8 @@ class PortManager:
             return
         for spec in port.specs:
             await self._uninstall(port, spec)
-        for direction in ("ingress", "egress"):
-            self.groups.release(ifindex, direction)  # type: ignore[arg-type]
+        for direction in DIRECTIONS:
+            self.groups.release(ifindex, direction)
         if port.created_qdisc:
             try:
                 await self.rtnl.call(tc.remove_qdisc_if_unused, ifindex)
@@ -210,8 +211,8 @@ class PortManager:
     def forget(self, ifindex: int) -> None:
         """The port disappeared, and its filters with it."""
         port = self.ports.pop(ifindex, None)
-        for direction in ("ingress", "egress"):
-            self.groups.release(ifindex, direction)  # type: ignore[arg-type]
+        for direction in DIRECTIONS:
+            self.groups.release(ifindex, direction)
         if port is not None:
             log.info("port %s (ifindex %d) disappeared; it is sampled again if it returns", port.ifname, ifindex)
 

@@ -11,13 +11,13 @@ import errno
 import os
 import socket
 
+from hwsflow.core.model import SO_RCVBUFFORCE
 from hwsflow.wire.netlink import Family, NetlinkErrorReply, build_getfamily, parse_family_reply, parse_proc_netlink_drops
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_NO_ENOBUFS = 5
-SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max with it
 PSAMPLE_FAMILY = "psample"
 PACKETS_GROUP = "packets"
 

@@ -16,7 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hwsflow.linux import tc
-from hwsflow.core.config import LinkInfo
+from hwsflow.core.model import LinkInfo
 from hwsflow.core.counters import LinkState
 
 IFF_UP, IFF_RUNNING, IFF_PROMISC = 0x1, 0x40, 0x100

@@ -11,7 +11,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from hwsflow.core.model import SO_RCVBUFFORCE
 from hwsflow.linux.psample_socket import no_enobufs
+from hwsflow.wire.netlink import NLMSG_HDR
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
@@ -19,10 +21,8 @@ RTMGRP_TC = 0x8
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_DELTFILTER = 45
-NLMSG_ERROR, NLMSG_OVERRUN = 2, 4
 EVENT_RCVBUF = 4 << 20  # OVS can churn thousands of flower filters: keep the events, not ENOBUFS
 
-_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _TCMSG = struct.Struct("=B3xiIII")  # family, ifindex, handle, parent, info
 LINK_EVENTS = frozenset({RTM_NEWLINK, RTM_DELLINK})
@@ -41,14 +41,14 @@ def parse_events(buf: bytes | bytearray | memoryview, nbytes: int) -> list[Event
     """The events in one datagram; anything else (new filters, malformed tails) is skipped."""
     events: list[Event] = []
     pos = 0
-    while pos + _NLMSG.size <= nbytes:
-        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(buf, pos)
-        if length < _NLMSG.size or pos + length > nbytes:
+    while pos + NLMSG_HDR.size <= nbytes:
+        length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(buf, pos)
+        if length < NLMSG_HDR.size or pos + length > nbytes:
             break  # broken framing: nothing after it can be trusted
-        body = pos + _NLMSG.size
-        if kind in LINK_EVENTS and length >= _NLMSG.size + _IFINFO.size:
+        body = pos + NLMSG_HDR.size
+        if kind in LINK_EVENTS and length >= NLMSG_HDR.size + _IFINFO.size:
             events.append(Event(kind, _IFINFO.unpack_from(buf, body)[2]))
-        elif kind in TC_EVENTS and length >= _NLMSG.size + _TCMSG.size:
+        elif kind in TC_EVENTS and length >= NLMSG_HDR.size + _TCMSG.size:
             _family, ifindex, _handle, parent, info = _TCMSG.unpack_from(buf, body)
             events.append(Event(kind, ifindex, parent, info >> 16))
         pos += (length + 3) & ~3
@@ -60,7 +60,7 @@ def open_event_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                          NETLINK_ROUTE)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, 33, EVENT_RCVBUF)  # SO_RCVBUFFORCE
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_RCVBUF)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
     sock.bind((0, RTMGRP_LINK | RTMGRP_TC))

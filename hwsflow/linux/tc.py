@@ -15,23 +15,21 @@ import errno
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWTFILTER
 
+from hwsflow.core.model import DIRECTIONS, Direction, Offload
 from hwsflow.wire import tc_nla
 from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcMsg
 
-Direction = Literal["ingress", "egress"]
-Offload = Literal["auto", "required", "software"]
 
 ETH_P_ALL = 0x0003
 TC_H_INGRESS = 0xFFFFFFF1  # ingress/clsact qdisc parent (handle ffff:)
 # filter parents inside the clsact/ingress block, as `tc filter ... ingress|egress` uses them
-FILTER_PARENT: dict[str, int] = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+FILTER_PARENT: dict[Direction, int] = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 
 COOKIE_MAGIC = b"hwsflow\x01"  # 8 bytes, then the psample group (u32, big-endian)
 _COOKIE_TAIL = struct.Struct(">I")
@@ -372,11 +370,11 @@ def holds_only_own(ipr: IPRoute, ifindex: int) -> bool:
     if find_clsact_kind(ipr, ifindex) != "clsact":
         return False
     found = False
-    for direction in FILTER_PARENT:
-        for msg in _filter_messages(ipr, ifindex, direction):  # type: ignore[arg-type]
+    for direction in DIRECTIONS:
+        for msg in _filter_messages(ipr, ifindex, direction):
             if msg.get_attr("TCA_OPTIONS") is None:
                 continue  # the bare head message the kernel sends before each filter's full one
-            state = parse_filter(msg, direction)  # type: ignore[arg-type]
+            state = parse_filter(msg, direction)
             if state is None or not state.ours:
                 return False
             found = True
@@ -387,8 +385,8 @@ def remove_qdisc_if_unused(ipr: IPRoute, ifindex: int) -> bool:
     """Delete the clsact qdisc hwsflow created, but only while it holds no filter at all."""
     if find_clsact_kind(ipr, ifindex) != "clsact":
         return False
-    for direction in FILTER_PARENT:
-        if _filter_messages(ipr, ifindex, direction):  # type: ignore[arg-type]
+    for direction in DIRECTIONS:
+        if _filter_messages(ipr, ifindex, direction):
             return False
     try:
         ipr.tc("del", "clsact", index=ifindex)

@@ -38,6 +38,7 @@ from hwsflow.wire import psample
 from hwsflow.linux.collectors import CollectorSet, open_collectors
 from hwsflow.wire.sflow import DatagramBuilder
 from hwsflow.core.groups import GroupTable
+from hwsflow.core.model import SO_RCVBUFFORCE
 from hwsflow.wire.netlink import HEADERS_LEN
 from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.linux.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
@@ -186,7 +187,7 @@ def _send(sock: socket.socket, sbuf: SendBuffer, seqs: list[int], count: int, ra
 def _collector(conn: Connection, keep: bool) -> None:
     """Count datagrams and samples until an empty datagram asks for the totals."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: bursts must not be lost here
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)  # bursts must not be lost here
         sock.bind(("127.0.0.1", 0))
         conn.send(sock.getsockname()[1])
         buf = bytearray(65536)

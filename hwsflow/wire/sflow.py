@@ -9,10 +9,12 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from hwsflow.core.model import HEADER_MAX as MAX_PACKED_HEADER  # the pipeline's fast path packs up to this many bytes
+from hwsflow.core.model import U32_MAX as _U32_MASK
+
 # Precompiled Structs packed into one reused bytearray: no per-sample objects beyond the finished
 # datagram's bytes.
 
-_U32_MASK = 0xFFFFFFFF
 _U64_MASK = 0xFFFFFFFFFFFFFFFF
 COMPACT_INDEX_MAX = 0xFFFFFF  # 24-bit source_id index
 _COMPACT_IF_MAX = 0x3FFFFFFF  # 30-bit interface value (top 2 bits: format)
@@ -54,7 +56,6 @@ FLOW_COMPACT_AT = {name: 4 * index for index, name in enumerate(FLOW_COMPACT_FIE
 _FLOW_EXPANDED = struct.Struct("!19I")
 _FLOW_COMPACT_PACK, _FLOW_COMPACT_SIZE = FLOW_COMPACT.pack_into, FLOW_COMPACT.size
 _FLOW_EXPANDED_PACK, _FLOW_EXPANDED_SIZE = _FLOW_EXPANDED.pack_into, _FLOW_EXPANDED.size
-MAX_PACKED_HEADER = 1024  # config's largest header: the pipeline's fast path packs up to this many bytes
 # counters_sample: tag, length, seq, source_id, nrecords
 _COUNTERS_COMPACT = struct.Struct("!5I")
 # counters_sample_expanded: tag, length, seq, type, index, nrecords

@@ -76,7 +76,8 @@ def _load_config(path: str):
     try:
         return load_config(path)
     except ConfigError as err:
-        print(f"hwsflow: config error: {err}", file=sys.stderr)
+        for line in err.lines():  # every problem of the file, so that one edit can fix them all
+            print(f"hwsflow: config error: {line}", file=sys.stderr)
         return None
 
 

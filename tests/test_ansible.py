@@ -89,6 +89,15 @@ def test_rendered_config_passes_check_config_and_a_bad_variable_is_refused(ansib
     assert "sampling: must be from 1 to 4294967295, got 0" in bad.stdout, bad.stdout
     assert path.read_bytes() == installed, "a refused config must leave the installed one in place"
 
+    # three mistakes at once: the validate step shows each, so one Ansible run is enough to fix them
+    worse = ansible("--tags", "config", str(SITE), extra=local_vars(tmp_path, hwsflow_sampling=0, hwsflow_polling=-5,
+                                                                     hwsflow_direction="sideways"))
+    assert worse.returncode != 0 and "failed to validate" in worse.stdout
+    for problem in ("sampling: must be from 1 to 4294967295, got 0", "polling: must be from 0 to 3600",
+                    "direction: must be one of ingress, egress, both, got the string 'sideways'"):
+        assert problem in worse.stdout, (problem, worse.stdout)
+    assert path.read_bytes() == installed
+
 
 def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path: Path) -> None:
     """Optional keys and port rules pass through with the types the config requires."""

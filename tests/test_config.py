@@ -1169,3 +1169,40 @@ def test_valid_values_round_trip(top, port_overrides, port, polling, group_base)
     assert (config.targets[0].port, config.polling, config.group_base) == (port, polling, group_base)
     for index, override in enumerate(port_overrides):
         assert config.settings_for(f"eth{index}") == PortSettings(**{**defaults.__dict__, **override})
+
+
+# ------------------------------------------------------------------ every problem at once
+
+
+def test_every_problem_of_a_file_is_listed_with_its_key_path():
+    err = config_error(
+        "targets: ['192.0.2.1', 'collector..bad', '192.0.2.1:6343']\n"
+        "sampling: 0\npolling: yes\nbogus: 1\n"
+        "ports:\n"
+        "  - name: eth0\n    sampling: -1\n    hedaer: 64\n"
+        "  - name: 'eth 1'\n    direction: sideways\n"
+        "  - name: eth2\n"
+        "  - name: eth2\n")
+    assert [key for key, _ in err.problems] == [
+        "bogus", "sampling", "targets[1]", "targets[2]", "polling",
+        "ports[0].hedaer", "ports[0].sampling", "ports[1].name", "ports[1].direction", "ports[3].name",
+    ]
+    assert (err.key, err.reason) == err.problems[0]  # str() stays the first, on one line
+    assert "repeats targets[0]" in dict(err.problems)["targets[2]"]
+    assert "already given in ports[2]" in dict(err.problems)["ports[3].name"]
+    assert err.lines()[1] == "site.yaml: sampling: must be from 1 to 4294967295, got 0"
+
+
+def test_a_check_across_keys_runs_only_on_valid_keys():
+    # the header is wrong: whether the datagram holds one sample of it cannot be judged, and is not
+    err = config_error(MINIMAL + "header: 5000\ndatagram_size: 300\n")
+    assert [key for key, _ in err.problems] == ["header"]
+    err = config_error(MINIMAL + "header: 512\ndatagram_size: 300\nsampling: 0\n")
+    assert [key for key, _ in err.problems] == ["sampling", "datagram_size"]
+
+
+def test_config_error_keeps_every_problem_through_pickle():
+    err = ConfigError("a.yaml", "x", "bad", (("x", "bad"), ("y", "worse")))
+    copy = pickle.loads(pickle.dumps(err))
+    assert copy.problems == (("x", "bad"), ("y", "worse"))
+    assert copy.lines() == ["a.yaml: x: bad", "a.yaml: y: worse"]

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 import yaml
 
@@ -32,16 +32,25 @@ MAX_FILE = 1 << 20
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; str() is "path: key: reason"."""
+    """A config file that cannot be used.
 
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(path, key, reason)  # all three in args, so the error pickles
+    key and reason are its first problem, and str() is "path: key: reason", one line; problems holds
+    every problem found, each (key path, reason), in file order, and lines() gives one line each.
+    """
+
+    def __init__(self, path: str, key: str, reason: str, problems: tuple[tuple[str, str], ...] = ()) -> None:
+        problems = problems or ((key, reason),)
+        super().__init__(path, key, reason, problems)  # all of them in args, so the error pickles
         self.path = path
         self.key = key
         self.reason = reason
+        self.problems = problems
 
     def __str__(self) -> str:
         return f"{self.path}: {self.key}: {self.reason}"
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}: {key}: {reason}" for key, reason in self.problems]
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,24 @@ class _Invalid(Exception):
         super().__init__(key, reason)
         self.key = key
         self.reason = reason
+
+
+class _Problems:
+    """Every problem found in one file: each check that fails is noted and the others still run."""
+
+    def __init__(self) -> None:
+        self.found: list[_Invalid] = []
+
+    def check(self, check: Callable[..., _T], *args: object) -> _T | None:
+        """check(*args), or None when it failed (noted)."""
+        try:
+            return check(*args)
+        except _Invalid as err:
+            self.found.append(err)
+            return None
+
+
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------ YAML text -> Python values
@@ -321,16 +348,19 @@ def _suggestion(value: object, known: tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _reject_unknown(mapping: dict, prefix: str, known: tuple[str, ...], misplaced: tuple[str, str]) -> None:
-    """misplaced: the keys of the other level (top or port rule), and where they belong."""
+def _reject_unknown(problems: _Problems, mapping: dict, prefix: str, known: tuple[str, ...],
+                    misplaced: tuple[str, str]) -> None:
+    """Each unknown key is a problem; misplaced: the keys of the other level (top or port rule), and where
+    they belong."""
     other_keys, other_place = misplaced
     for key in mapping:
         if isinstance(key, str) and key in known:
             continue
         if isinstance(key, str) and key in other_keys:  # a close match elsewhere would mislead here
-            raise _Invalid(_join(prefix, key), f"unknown key here: it belongs {other_place}")
+            problems.found.append(_Invalid(_join(prefix, key), f"unknown key here: it belongs {other_place}"))
+            continue
         hint = _suggestion(key, known) or f"; known keys: {', '.join(known)}"
-        raise _Invalid(_join(prefix, _key_text(key)), f"unknown key{hint}")
+        problems.found.append(_Invalid(_join(prefix, _key_text(key)), f"unknown key{hint}"))
 
 
 def _non_empty_list(key: str, value: object, what: str) -> list:
@@ -419,24 +449,35 @@ def _host(text: str) -> str:
     return text.lower()  # DNS names are case-insensitive: lets duplicates be found
 
 
-def _targets(value: object) -> tuple[Target, ...]:
-    targets: list[Target] = []
-    for index, item in enumerate(_non_empty_list("targets", value, 'collectors ("host:port")')):
-        target = _target(f"targets[{index}]", item)
+def _targets(problems: _Problems, value: object) -> tuple[Target, ...] | None:
+    items = problems.check(_non_empty_list, "targets", value, 'collectors ("host:port")')
+    if items is None:
+        return None
+    targets: dict[Target, int] = {}  # each with its index in the file
+    count = len(problems.found)
+    for index, item in enumerate(items):
+        target = problems.check(_target, f"targets[{index}]", item)
+        if target is None:
+            continue
         if target in targets:  # the collector would receive and count every datagram twice
-            raise _Invalid(f"targets[{index}]", f"{_quoted(item)} repeats targets[{targets.index(target)}]")
-        targets.append(target)
-    return tuple(targets)
+            problems.found.append(_Invalid(f"targets[{index}]", f"{_quoted(item)} repeats targets[{targets[target]}]"))
+            continue
+        targets[target] = index
+    return tuple(targets) if len(problems.found) == count else None
 
 
-def _port_settings(mapping: dict, prefix: str, base: PortSettings) -> PortSettings:
-    """base with the setting keys mapping gives."""
+def _port_settings(problems: _Problems, mapping: dict, prefix: str, base: PortSettings) -> PortSettings:
+    """base with the setting keys mapping gives (those that are valid: the others are problems noted)."""
     given: dict[str, object] = {}
     for name in _PORT_SETTING_KEYS:
         if name in mapping:
             key, value = _join(prefix, name), mapping[name]
-            is_choice = name in _CHOICES
-            given[name] = _choice(key, value, _CHOICES[name]) if is_choice else _int(key, value, _INT_RANGES[name])
+            if name in _CHOICES:
+                checked = problems.check(_choice, key, value, _CHOICES[name])
+            else:
+                checked = problems.check(_int, key, value, _INT_RANGES[name])
+            if checked is not None:
+                given[name] = checked
     return replace(base, **given)
 
 
@@ -474,61 +515,77 @@ def _switch_id(key: str, value: object) -> str:
     return digits
 
 
-def _receive_only(key: str, rule: dict) -> int:
+def _receive_only(problems: _Problems, key: str, rule: dict) -> int | None:
     """The group of a receive-only rule, once its other keys are known to fit one."""
-    group = _int(f"{key}.group", rule["group"], _INT_RANGES["group"])
+    count = len(problems.found)
+    group = problems.check(_int, f"{key}.group", rule["group"], _INT_RANGES["group"])
     if "name" not in rule:
-        raise _Invalid(f"{key}.group", "a receive-only group needs `name`: its samples are attributed to that one "
-                                       "port")
+        problems.found.append(_Invalid(f"{key}.group", "a receive-only group needs `name`: its samples are "
+                                                       "attributed to that one port"))
     for selector in _SELECTOR_KEYS:
         if selector != "name" and selector in rule:
-            raise _Invalid(f"{key}.{selector}", "cannot be combined with `group`: a receive-only group belongs to "
-                                                "the one port `name` gives")
+            problems.found.append(_Invalid(f"{key}.{selector}", "cannot be combined with `group`: a receive-only "
+                                                                "group belongs to the one port `name` gives"))
     for setting in _FILTER_ONLY_KEYS:
         if setting in rule:
-            raise _Invalid(f"{key}.{setting}", "has no effect for a receive-only group: hwsflow installs no filter "
-                                               "for it")
+            problems.found.append(_Invalid(f"{key}.{setting}", "has no effect for a receive-only group: hwsflow "
+                                                               "installs no filter for it"))
     if rule.get("direction") == "both":
-        raise _Invalid(f"{key}.direction", "must be ingress or egress for a receive-only group (one group's "
-                                           "samples come from one direction), got the string 'both'")
-    return group
+        problems.found.append(_Invalid(f"{key}.direction", "must be ingress or egress for a receive-only group "
+                                                           "(one group's samples come from one direction), got "
+                                                           "the string 'both'"))
+    return group if len(problems.found) == count else None
 
 
-def _port_rule(key: str, value: object, defaults: PortSettings) -> PortRule:
+def _port_rule(problems: _Problems, key: str, value: object, defaults: PortSettings) -> PortRule | None:
+    """The rule value describes, or None when it has problems (each one noted)."""
     if not isinstance(value, dict):
-        raise _Invalid(key, f"must be a mapping with `name`, `match`, `switch_id` or `port_name`, "
-                            f"got {_describe(value)}")
-    _reject_unknown(value, key, _PORT_KEYS, (_TOP_KEYS, "at the top level, for all ports"))
+        problems.found.append(_Invalid(key, f"must be a mapping with `name`, `match`, `switch_id` or `port_name`, "
+                                            f"got {_describe(value)}"))
+        return None
+    count = len(problems.found)
+    _reject_unknown(problems, value, key, _PORT_KEYS, (_TOP_KEYS, "at the top level, for all ports"))
     if not any(selector in value for selector in _SELECTOR_KEYS):
-        raise _Invalid(key, "needs at least one of `name` (an interface), `match` (a glob over interface names), "
-                            "`switch_id` or `port_name` to select ports")
+        problems.found.append(_Invalid(key, "needs at least one of `name` (an interface), `match` (a glob over "
+                                            "interface names), `switch_id` or `port_name` to select ports"))
     if "name" in value and "match" in value:
-        raise _Invalid(key, "`name` and `match` exclude each other: give one of them")
+        problems.found.append(_Invalid(key, "`name` and `match` exclude each other: give one of them"))
 
     def given(selector: str, check: Callable[[str, object], str]) -> str | None:
-        return check(f"{key}.{selector}", value[selector]) if selector in value else None
+        return problems.check(check, f"{key}.{selector}", value[selector]) if selector in value else None
 
     name = given("name", _ifname)
     match = given("match", lambda k, v: _glob(k, v, "enp4s0f0_*", "interface name"))
     switch_id = given("switch_id", _switch_id)
     port_name = given("port_name", lambda k, v: _glob(k, v, "pf0vf*", "port name"))
-    group = _receive_only(key, value) if "group" in value else None
+    group = _receive_only(problems, key, value) if "group" in value else None
     # the top-level direction describes hwsflow's own filters; samples from others' rules are
     # ingress samples unless the rule says otherwise
-    base = replace(defaults, direction="ingress") if group is not None else defaults
-    return PortRule(name, match, switch_id, port_name, group, _port_settings(value, key, base))
+    base = replace(defaults, direction="ingress") if "group" in value else defaults
+    settings = _port_settings(problems, value, key, base)
+    if len(problems.found) > count:
+        return None
+    return PortRule(name, match, switch_id, port_name, group, settings)
 
 
-def _ports(value: object, defaults: PortSettings) -> tuple[PortRule, ...]:
-    rules: list[PortRule] = []
+def _ports(problems: _Problems, value: object, defaults: PortSettings) -> tuple[tuple[int, PortRule], ...] | None:
+    """The rules with their index in the file; None when the list itself is wrong.  A rule with problems is
+    left out (its problems noted), the others are still checked against each other."""
+    items = problems.check(_non_empty_list, "ports", value, "port rules")
+    if items is None:
+        return None
+    rules: list[tuple[int, PortRule]] = []
     first: dict[tuple[tuple[str, object], ...], int] = {}
-    for index, item in enumerate(_non_empty_list("ports", value, "port rules")):
-        rule = _port_rule(f"ports[{index}]", item, defaults)
+    for index, item in enumerate(items):
+        rule = _port_rule(problems, f"ports[{index}]", item, defaults)
+        if rule is None:
+            continue
         selectors = tuple((s, getattr(rule, s)) for s in _SELECTOR_KEYS if getattr(rule, s) is not None)
         if selectors in first:  # the second rule could never apply
-            raise _repeated_selectors(f"ports[{index}]", selectors, first[selectors])
+            problems.found.append(_repeated_selectors(f"ports[{index}]", selectors, first[selectors]))
+            continue
         first[selectors] = index
-        rules.append(rule)
+        rules.append((index, rule))
     return tuple(rules)
 
 
@@ -540,21 +597,23 @@ def _repeated_selectors(key: str, selectors: tuple[tuple[str, object], ...], ear
     return _Invalid(key, f"{given} are already given together in ports[{earlier}]")
 
 
-def _check_groups(config: Config) -> None:
+def _check_groups(problems: _Problems, group_base: int, rules: tuple[tuple[int, PortRule], ...]) -> None:
     """Receive-only groups stay clear of hwsflow's own groups and of each other: a group maps to one port."""
-    own = range(config.group_base, config.group_base + GROUP_ROOM)
+    own = range(group_base, group_base + GROUP_ROOM)
     owners: dict[int, int] = {}
-    for index, rule in enumerate(config.ports):
+    for index, rule in rules:
         if rule.group is None:
             continue
         key = f"ports[{index}].group"
         if rule.group in own:
-            raise _Invalid(key, f"{rule.group} is among hwsflow's own psample groups ({own.start} to {own[-1]}, "
-                                f"from group_base): choose a group outside them, or move group_base")
-        if rule.group in owners:
-            raise _Invalid(key, f"{rule.group} is already the group of ports[{owners[rule.group]}]; "
-                                "one group's samples can be attributed to one port only")
-        owners[rule.group] = index
+            problems.found.append(_Invalid(key, f"{rule.group} is among hwsflow's own psample groups ({own.start} "
+                                                f"to {own[-1]}, from group_base): choose a group outside them, or "
+                                                "move group_base"))
+        elif rule.group in owners:
+            problems.found.append(_Invalid(key, f"{rule.group} is already the group of ports[{owners[rule.group]}]; "
+                                                "one group's samples can be attributed to one port only"))
+        else:
+            owners[rule.group] = index
 
 
 def _control_socket(value: object) -> str:
@@ -593,50 +652,78 @@ def _metrics(value: object) -> Target | None:
     return target
 
 
-def _check_datagram_size(config: Config) -> None:
-    """A sample must fit an empty datagram, or it could never be sent."""
-    headers = [("header", config.defaults.header)]
-    headers += [(f"ports[{i}].header", rule.settings.header) for i, rule in enumerate(config.ports)]
+def _check_datagram_size(datagram_size: int, headers: list[tuple[str, int]]) -> None:
+    """A sample must fit an empty datagram, or it could never be sent.  headers: (key, header) of the
+    defaults and of each rule."""
     key, header = max(headers, key=lambda pair: pair[1])  # max keeps the first of equals: the one written
-    if config.datagram_size < header + SAMPLE_ROOM:
-        raise _Invalid("datagram_size", f"{config.datagram_size} cannot hold one sample of {key} {header}: "
+    if datagram_size < header + SAMPLE_ROOM:
+        raise _Invalid("datagram_size", f"{datagram_size} cannot hold one sample of {key} {header}: "
                                         f"it must be at least {key} + {SAMPLE_ROOM} = {header + SAMPLE_ROOM}")
 
 
 def _config(document: object, path: str) -> Config:
+    """The Config document describes; _Invalid for a document that is not a mapping, _Problems.Found
+    with every problem of one that is."""
     if document is None:
         raise _Invalid("-", "the file is empty; it needs at least `targets` and `ports`")
     if not isinstance(document, dict):
         raise _Invalid("-", f"the top level must be a mapping of settings, got {_describe(document)}")
-    _reject_unknown(document, "", _TOP_KEYS, (_PORT_KEYS, "in a rule under `ports`"))
+    problems = _Problems()
+    _reject_unknown(problems, document, "", _TOP_KEYS, (_PORT_KEYS, "in a rule under `ports`"))
     for required in ("targets", "ports"):
         if required not in document:
-            raise _Invalid(required, "missing; it is required")
+            problems.found.append(_Invalid(required, "missing; it is required"))
     top = {**_DEFAULTS_TOP, **document}
 
-    def number(name: str) -> int:
-        return _int(name, top[name], _INT_RANGES[name])
+    def number(name: str) -> int | None:
+        return problems.check(_int, name, top[name], _INT_RANGES[name])
 
-    defaults = _port_settings(document, "", DEFAULT_SETTINGS)
-    config = Config(
-        path=path,
-        agent=_agent(top["agent"]),
-        sub_agent_id=number("sub_agent_id"),
-        targets=_targets(document["targets"]),
-        polling=number("polling"),
-        defaults=defaults,
-        group_base=number("group_base"),
-        datagram_size=number("datagram_size"),
-        expanded=_bool("expanded", top["expanded"]),
-        rcvbuf=number("rcvbuf"),
-        keep_filters=_bool("keep_filters", top["keep_filters"]),
-        control_socket=_control_socket(top["control_socket"]),
-        ports=_ports(document["ports"], defaults),
-        metrics=_metrics(top["metrics"]),
+    defaults = _port_settings(problems, document, "", DEFAULT_SETTINGS)
+    agent = problems.check(_agent, top["agent"])  # None is also "not given": elect the best address
+    sub_agent_id = number("sub_agent_id")
+    targets = _targets(problems, document["targets"]) if "targets" in document else None
+    polling = number("polling")
+    group_base = number("group_base")
+    datagram_size = number("datagram_size")
+    expanded = problems.check(_bool, "expanded", top["expanded"])
+    rcvbuf = number("rcvbuf")
+    keep_filters = problems.check(_bool, "keep_filters", top["keep_filters"])
+    control_socket = problems.check(_control_socket, top["control_socket"])
+    rules = _ports(problems, document["ports"], defaults) if "ports" in document else None
+    metrics = problems.check(_metrics, top["metrics"])  # None is also "not given": no endpoint
+    # the checks across keys, where the keys they read are valid
+    if datagram_size is not None and rules is not None and "header" not in _keys(problems):
+        headers = [("header", defaults.header)] + [(f"ports[{i}].header", r.settings.header) for i, r in rules]
+        problems.check(_check_datagram_size, datagram_size, headers)
+    if group_base is not None and rules is not None:
+        _check_groups(problems, group_base, rules)
+    if problems.found:
+        raise _Found(problems.found)
+    return Config(
+        path=path, agent=agent, sub_agent_id=_present(sub_agent_id), targets=_present(targets),
+        polling=_present(polling), defaults=defaults, group_base=_present(group_base),
+        datagram_size=_present(datagram_size), expanded=_present(expanded), rcvbuf=_present(rcvbuf),
+        keep_filters=_present(keep_filters), control_socket=_present(control_socket),
+        ports=tuple(rule for _, rule in _present(rules)), metrics=metrics,
     )
-    _check_datagram_size(config)
-    _check_groups(config)
-    return config
+
+
+def _present(value: _T | None) -> _T:
+    """A value checked without a problem: only a failed check gives None."""
+    assert value is not None
+    return value
+
+
+def _keys(problems: _Problems) -> set[str]:
+    return {err.key for err in problems.found}
+
+
+class _Found(Exception):
+    """Every problem of a file that is a mapping."""
+
+    def __init__(self, found: list[_Invalid]) -> None:
+        super().__init__(found)
+        self.found = found
 
 
 # ------------------------------------------------------------------ entry points
@@ -648,6 +735,9 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         return _config(_yaml_document(text), path)
     except _Invalid as err:
         raise ConfigError(path, err.key, err.reason) from None
+    except _Found as found:
+        first = found.found[0]
+        raise ConfigError(path, first.key, first.reason, tuple((e.key, e.reason) for e in found.found)) from None
 
 
 def load_config(path: str) -> Config:

@@ -19,6 +19,12 @@ class GroupTable:
         self._by_port: dict[tuple[int, Direction], int] = {}
         self.version = 0  # bumped by every bind and release: the pipeline rebuilds its inline table on a change
 
+    def rebase(self, base: int) -> None:
+        """Allocate from base from now on; only with no group bound, so no port keeps a group below it."""
+        if self._by_port:
+            raise ValueError(f"group_base cannot move while {len(self._by_port)} groups are bound")
+        self.base = base
+
     def allocate(self, ifindex: int, direction: Direction, wanted: int | None = None) -> int:
         """The group for (ifindex, direction): wanted if given and free, else the one it has, else the
         lowest free id from base.  wanted serves receive-only groups and filters adopted after a restart."""

@@ -62,6 +62,14 @@ def is_ifname(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LogLine:
+    """A line a pure decision asks the agent to log: the decision is tested, the agent only writes it."""
+
+    level: int  # logging.INFO, logging.ERROR...
+    message: str
+
+
+@dataclass(frozen=True)
 class LinkInfo:
     """What port selection looks at, read from rtnetlink."""
 

@@ -23,8 +23,11 @@ from hwsflow import __version__
 
 from hwsflow.linux import rtnl_events, tc
 from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
-from hwsflow.core.config import Config, ConfigError, global_changes, load_config
-from hwsflow.core.model import SO_RCVBUFFORCE, U32_MAX, LinkInfo
+from hwsflow.core.config import Config, ConfigError, load_config
+from hwsflow.core.heal import SETTLE, HealSchedule
+from hwsflow.core.model import U32_MAX, LinkInfo, LogLine
+from hwsflow.core.psample_state import PsampleAvailability
+from hwsflow.core.reload import AgentIdentity, plan_reload, sequence_carries
 from hwsflow.core.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
 from hwsflow.linux.control_socket import AlreadyRunning, ControlServer
 from hwsflow.core.counters import counter_records
@@ -51,12 +54,6 @@ TICK = 1.0  # s: a partly filled datagram waits at most this long; status rates 
 PSAMPLE_RETRY = 2.0  # s between attempts while the psample module is absent
 POOL_SYNC_INTERVAL = 20.0  # s between pool re-syncs from tc when counter polling is off
 RECONCILE_INTERVAL = 10.0  # s: a full check of links and filters backs the events up
-# s: after a port appears or loses its qdisc, give the program that manages it (Open vSwitch
-# re-creates the ingress qdisc at port initialisation) time to set it up, so that hwsflow reuses
-# that qdisc instead of creating a clsact that would make the other program's `add ingress` fail
-SETTLE = 0.25
-QDISC_GRACE = 5.0  # s another program has to re-create the qdisc it deleted before hwsflow makes a clsact
-HEAL_POLL = 0.1  # s between looks for that qdisc, besides the RTM_NEWQDISC event
 
 
 class AgentError(Exception):
@@ -90,14 +87,13 @@ class Agent:
         self._wake = asyncio.Event()  # the maintenance task has work: events, a reload
         self._lock = asyncio.Lock()  # one port change at a time
         self._dirty_links: set[int] = set()
-        self._heal_at: dict[int, float] = {}  # ifindex -> when to check its filters
-        self._qdisc_lost: dict[int, float] = {}  # ifindex -> when another program deleted its qdisc
+        self.heals = HealSchedule()  # when to check a port's filters again, and what failures are worth saying
         self._full_reconcile = False
         self._resolving: asyncio.Task | None = None
         self._reload = False
         self._rxbuf = RecvBuffer()  # written for speed: up to 128 psample messages per recvmmsg call
         self._evbuf = bytearray(1 << 16)
-        self._psample_warned = False
+        self.psample_state = PsampleAvailability(time.monotonic())
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)
@@ -130,6 +126,7 @@ class Agent:
         for name in self.config.named_ports():
             if name not in present:
                 log.error("port %s: no such interface; sampled as soon as it appears", name)
+        self._schedule_retries()
         await self.control.start()
         log.info("sampling %d ports through %d psample groups; control socket %s", len(self.groups.sources),
                  len(self.groups.by_group), self.config.control_socket)
@@ -148,18 +145,14 @@ class Agent:
         builder = DatagramBuilder(address, config.sub_agent_id, config.datagram_size, config.expanded)
         if self.builder is not None:
             self._send_finished(flush=True)
-            if address == self.address and config.sub_agent_id == self.config.sub_agent_id:
-                builder.sequence = self.builder.sequence  # the same agent: its datagram sequence goes on
-        for new in collectors.collectors:  # a collector kept across a reload keeps its counts
-            for old in self.collectors.collectors:
-                if old.target == new.target:
-                    new.sent, new.errors = old.sent, old.errors
-                    if new.sock is not None:  # else why it waits now says more than an old send error
-                        new.last_error = old.last_error
+            old = AgentIdentity(self.address, self.config.sub_agent_id)
+            if sequence_carries(old, AgentIdentity(address, config.sub_agent_id)):
+                builder.sequence = self.builder.sequence
+        collectors.carry_over(self.collectors)
         self.collectors.close()
         self.collectors, self.builder, self.address = collectors, builder, address
         if self.pipeline is not None:
-            self.pipeline.builder = builder
+            self.pipeline.set_builder(builder)
         log.info("agent address %s, sub-agent %d, collectors %s", address, config.sub_agent_id,
                  ", ".join(c.target for c in collectors.collectors))
 
@@ -190,12 +183,10 @@ class Agent:
         try:
             self.psample = PsampleSocket(self.config.rcvbuf)
         except PsampleUnavailable as err:
-            if not self._psample_warned:
-                log.error("%s; retrying every %.0f s", err, PSAMPLE_RETRY)
-                self._psample_warned = True
+            _say(self.psample_state.absent(str(err), time.monotonic(), self.ports.has_own_filters(),
+                                           self.ports.has_receive_only(), PSAMPLE_RETRY))
             return False
-        if self._psample_warned:
-            log.info("psample is available now")
+        _say(self.psample_state.joined())
         if self.psample.rcvbuf < self.config.rcvbuf:
             log.warning("psample receive buffer is %d bytes, less than the %d asked for",
                         self.psample.rcvbuf, self.config.rcvbuf)
@@ -330,7 +321,7 @@ class Agent:
                 break
             for event in rtnl_events.parse_events(self._evbuf, nbytes):
                 self._note_event(event, now)
-        if self._dirty_links or self._heal_at or self._full_reconcile:
+        if self._dirty_links or self.heals.pending() or self._full_reconcile:
             self._wake.set()
 
     def _note_event(self, event: rtnl_events.Event, now: float) -> None:
@@ -341,21 +332,21 @@ class Agent:
         if port is None or not port.specs:
             return  # not a port hwsflow installed anything on
         if event.kind == rtnl_events.RTM_NEWQDISC:
-            if event.ifindex in self._qdisc_lost:
-                self._heal_at[event.ifindex] = now  # the qdisc is back: reinstall on it at once
+            self.heals.qdisc_added(event.ifindex, now)  # ends a wait for that qdisc
             return
         if event.kind == rtnl_events.RTM_DELTFILTER and event.priority not in (0, *(s.priority for s in port.specs)):
             return  # another program's filter (Open vSwitch's flower rules churn): not ours
         if event.kind == rtnl_events.RTM_DELQDISC and event.parent == tc.TC_H_INGRESS and not port.created_qdisc:
-            self._qdisc_lost.setdefault(event.ifindex, now)
-        self._heal_at.setdefault(event.ifindex, now + SETTLE)
+            self.heals.owner_qdisc_lost(event.ifindex, now)
+        else:
+            self.heals.filter_lost(event.ifindex, now)
 
     async def _maintain(self) -> None:
         """Acts on link and tc events, reloads, and a periodic full reconcile, one at a time."""
         next_full = time.monotonic() + RECONCILE_INTERVAL
         while not self._stop.is_set():
             now = time.monotonic()
-            wake_at = min([next_full, *self._heal_at.values()])
+            wake_at = min(next_full, self.heals.next_at() or next_full)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 0.0))
@@ -387,9 +378,11 @@ class Agent:
                 return
             self._set_links(links)
             await self.ports.reconcile(links)
+            self._schedule_retries()
+            now = time.monotonic()
             for ifindex in list(self.ports.ports):
-                if ifindex not in self._qdisc_lost:  # those wait for their qdisc's owner first
-                    await self.ports.heal(ifindex)
+                if not self.heals.waits_for_owner(ifindex):  # those wait for their qdisc's owner first
+                    await self._heal(ifindex, True, now)
 
     async def _handle_links(self) -> None:
         if not self._dirty_links:
@@ -407,23 +400,40 @@ class Agent:
                 await asyncio.sleep(SETTLE)
             for ifindex, link in links.items():
                 await self.ports.update_link(ifindex, link)
+                if link is None or ifindex not in self.ports.ports:
+                    self.heals.forget(ifindex)
             self._set_links(self.ports.links)
+            self._schedule_retries()
 
     async def _handle_heals(self) -> None:
-        now = time.monotonic()
-        due = [ifindex for ifindex, when in self._heal_at.items() if when <= now]
+        due = self.heals.due(time.monotonic())
         if not due:
             return
-        for ifindex in due:
-            del self._heal_at[ifindex]
         async with self._lock:
-            for ifindex in due:
-                lost = self._qdisc_lost.get(ifindex)
-                healed = await self.ports.heal(ifindex, lost is None or now - lost >= QDISC_GRACE)
-                if healed is None:
-                    self._heal_at[ifindex] = now + HEAL_POLL
-                else:
-                    self._qdisc_lost.pop(ifindex, None)
+            for item in due:
+                await self._heal(item.ifindex, item.may_create_qdisc, time.monotonic())
+
+    async def _heal(self, ifindex: int, may_create_qdisc: bool, now: float) -> None:
+        """One heal, its outcome reported to the schedule, which says what it is worth logging."""
+        port = self.ports.ports.get(ifindex)
+        if port is None:
+            self.heals.forget(ifindex)
+            return
+        outcome = await self.ports.heal(ifindex, may_create_qdisc)
+        if outcome.waiting:
+            self.heals.qdisc_missing(ifindex, now)
+        elif outcome.failure is not None:
+            _say(self.heals.failed(ifindex, outcome.failure, now))
+        else:
+            _say(self.heals.healed(ifindex, port.ifname))
+
+    def _schedule_retries(self) -> None:
+        """Installs that lost a race with another program: healed again soon, said at INFO."""
+        now = time.monotonic()
+        for ifindex, reason in self.ports.take_retries().items():
+            _say(self.heals.failed(ifindex, reason, now))
+        if self.heals.pending():
+            self._wake.set()
 
     # ---------------------------------------------------------------- reload
 
@@ -443,32 +453,34 @@ class Agent:
         try:
             new = load_config(self.config.path)
         except ConfigError as err:
-            log.error("reload: %s; the running config stays in effect", err)
+            for line in err.lines():
+                log.error("reload: %s", line)
+            log.error("reload: the running config stays in effect")
             self.reloads["rejected"] += 1
             return
-        old = self.config
-        changed = global_changes(old, new)
+        plan = plan_reload(self.config, new)
         async with self._lock:
             await self._open_output(new)  # collector names are resolved again at every reload
-            if "rcvbuf" in changed and self.psample is not None:
-                self.psample.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, new.rcvbuf)
-            if "metrics" in changed:
+            if plan.rcvbuf is not None and self.psample is not None:
+                self.psample.set_rcvbuf(plan.rcvbuf)
+            if plan.metrics:
                 self._serve_metrics(new, reload=True)
-            if "control_socket" in changed:
+            if plan.control_socket_kept is not None:
                 log.warning("reload: control_socket changes take effect at the next restart; still %s",
-                            old.control_socket)
-            if "group_base" in changed:
+                            plan.control_socket_kept)
+            if plan.regroup:
                 for ifindex in list(self.ports.ports):  # every group moves: start the ports afresh
                     await self.ports.unwatch(ifindex)
-                self.groups.base = new.group_base
+                    self.heals.forget(ifindex)
+                self.groups.rebase(new.group_base)
             self.config = new
-            self.ports.config = new
-            self.ports.overrides.clear()  # runtime changes last until the next reload
+            self.ports.reload(new)
             links = await self.rtnl.call(read_links)
             self._set_links(links)
             await self.ports.reconcile(links)
+            self._schedule_retries()
         self.reloads["applied"] += 1
-        log.info("reloaded %s%s", new.path, f" (changed: {', '.join(changed)})" if changed else "")
+        log.info("%s", plan.summary(new.path))
 
     # ---------------------------------------------------------------- control socket
 
@@ -479,6 +491,7 @@ class Agent:
             async with self._lock:
                 if isinstance(request, Enable):
                     port = await self.ports.enable(request)
+                    self._schedule_retries()
                     self._try_psample()  # the first filter may just have loaded the module
                     log.info("runtime change: port %s enabled at 1-in-%d %s", request.port,
                              port.plan.settings.sampling, port.plan.settings.direction)
@@ -598,3 +611,9 @@ class Agent:
         self.collectors.close()
         self.rtnl.close()
         self._rxbuf.close()
+
+
+def _say(line: LogLine | None) -> None:
+    """Log what a pure decision (core.heal, core.psample_state) said is worth logging."""
+    if line is not None:
+        log.log(line.level, "%s", line.message)

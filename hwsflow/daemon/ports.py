@@ -62,6 +62,15 @@ def heal_cause(filter_present: bool, qdisc_created: bool) -> str:
     return "filter_changed" if filter_present else "filter_missing"
 
 
+@dataclass(frozen=True)
+class HealOutcome:
+    """What PortManager.heal found and did on one port."""
+
+    healed: tuple[Direction, ...] = ()  # the directions reinstalled
+    waiting: bool = False  # the qdisc is gone and may not be created yet: its owner may be re-creating it
+    failure: str | None = None  # why a direction could not be reinstalled (the heal is retried)
+
+
 def offload_text(state: tc.FilterState | None) -> str:
     if state is None or state.in_hw is None:
         return "unknown"
@@ -77,6 +86,24 @@ class PortManager:
         self.ports: dict[int, WatchedPort] = {}
         self.links: dict[int, LinkInfo] = {}
         self.overrides: dict[str, PortSettings | None] = {}  # by name, from the CLI, until reload
+        self._retries: dict[int, str] = {}  # ifindex -> why an install lost a race: heal it again soon
+
+    def reload(self, config: Config) -> None:
+        """A new config file: runtime changes end with it.  The caller reconciles the ports next."""
+        self.config = config
+        self.overrides.clear()
+
+    def take_retries(self) -> dict[int, str]:
+        """Ports whose filter install lost a race with another program (and why): to heal again soon."""
+        retries, self._retries = self._retries, {}
+        return retries
+
+    def has_own_filters(self) -> bool:
+        """Whether a sample filter of hwsflow's is installed: it has loaded act_sample, and psample with it."""
+        return any(port.states for port in self.ports.values())
+
+    def has_receive_only(self) -> bool:
+        return any(port.plan.receive_group is not None for port in self.ports.values())
 
     # ------------------------------------------------------------ whole host
 
@@ -162,6 +189,11 @@ class PortManager:
         try:
             port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, plan.ifindex, plan.ifname, direction)
             state, adopted = await self.rtnl.call(tc.install, spec)
+        except tc.FilterVanished as err:
+            # the filter stays wanted, with its group: the agent heals the port again soon
+            port.specs.append(spec)
+            self._retries[plan.ifindex] = str(err)
+            return
         except tc.TcError as err:
             self._failed(port, direction, str(err), failure_code(err))
             return
@@ -216,25 +248,29 @@ class PortManager:
         if port is not None:
             log.info("port %s (ifindex %d) disappeared; it is sampled again if it returns", port.ifname, ifindex)
 
-    async def heal(self, ifindex: int, may_create_qdisc: bool = True) -> list[str] | None:
-        """Reinstall what another program deleted on the port (Open vSwitch does at port initialisation);
-        the directions reinstalled, or None when the qdisc is gone and may not be created yet."""
+    async def heal(self, ifindex: int, may_create_qdisc: bool = True) -> HealOutcome:
+        """Reinstall what another program deleted on the port (Open vSwitch does at port initialisation).
+        Failures are not logged here: the agent's HealSchedule decides what they are worth."""
         port = self.ports.get(ifindex)
         if port is None:
-            return []
-        healed = []
+            return HealOutcome()
+        healed: list[Direction] = []
+        failure = None
         for spec in port.specs:
             try:
                 state = await self.rtnl.call(tc.read_filter, spec)
                 if state is not None and tc.matches(state, spec):
                     continue
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
-                    return None  # the program that owned the qdisc may be re-creating it: let it
+                    return HealOutcome(tuple(healed), waiting=True)  # its owner may be re-creating it: let it
                 created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
                 cause = heal_cause(state is not None, created)
                 state, _ = await self.rtnl.call(tc.install, spec)
-            except (tc.TcError, NetlinkError, OSError) as err:
-                log.error("port %s: cannot reinstall the %s filter: %s", port.ifname, spec.direction, err)
+            except tc.TcError as err:
+                failure = str(err)
+                continue
+            except (NetlinkError, OSError) as err:
+                failure = f"port {port.ifname}: cannot reinstall the {spec.direction} filter: {err}"
                 continue
             port.states[spec.direction] = state
             port.heals[cause] = port.heals.get(cause, 0) + 1
@@ -242,10 +278,11 @@ class PortManager:
             if binding is not None:
                 binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
             healed.append(spec.direction)
+            # resolved by hwsflow itself: INFO, and once a minute at most when another program keeps at it
             self.limiter.warn(log, ("healed", port.ifname, spec.direction),
                               "port %s: its %s sample filter was deleted by another program; reinstalled",
-                              port.ifname, spec.direction)
-        return healed
+                              port.ifname, spec.direction, level=logging.INFO)
+        return HealOutcome(tuple(healed), failure=failure)
 
     async def sync_pool(self, ifindex: int) -> None:
         """sample_pool from the packet counters of the port's sample actions: the kernel's count, not a guess."""

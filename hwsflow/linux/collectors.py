@@ -16,6 +16,7 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
+from hwsflow.core.reload import CollectorCounts, carried_counts
 from hwsflow.linux.mmsg import DatagramSender
 
 SEND_BUFFER = 4 << 20  # bursts of datagrams must not fail for lack of socket buffer
@@ -48,6 +49,14 @@ class CollectorSet:
             for collector in self.collectors:
                 if collector.sock is not None:  # else not resolved yet: retried at each reconcile
                     _send_loaded(sender, collector, collector.sock.fileno())
+
+    def carry_over(self, old: CollectorSet) -> None:
+        """A reload replaced old with this set: each collector kept keeps its counts (core.reload's rule)."""
+        before = {c.target: CollectorCounts(c.sent, c.errors, c.last_error) for c in old.collectors}
+        for collector in self.collectors:
+            counts = carried_counts(before.get(collector.target), collector.last_error, collector.sock is not None)
+            if counts is not None:
+                collector.sent, collector.errors, collector.last_error = counts.sent, counts.errors, counts.last_error
 
     def unresolved(self) -> list[Collector]:
         return [c for c in self.collectors if c.sock is None]

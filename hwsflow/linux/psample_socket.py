@@ -50,11 +50,16 @@ def open_generic_socket(rcvbuf: int) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
     sock.bind((0, 0))
     no_enobufs(sock)
+    return sock, set_rcvbuf(sock, rcvbuf)
+
+
+def set_rcvbuf(sock: socket.socket, rcvbuf: int) -> int:
+    """Size sock's receive buffer, beyond net.core.rmem_max where allowed; the size the kernel gave."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # capped by rmem_max
-    return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 def no_enobufs(sock: socket.socket) -> None:
@@ -95,6 +100,10 @@ class PsampleSocket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def set_rcvbuf(self, rcvbuf: int) -> None:
+        """Resize the receive buffer (a reload's new `rcvbuf`); self.rcvbuf is what the kernel gave."""
+        self.rcvbuf = set_rcvbuf(self.sock, rcvbuf)
 
     def kernel_drops(self) -> int | None:
         """Messages the kernel dropped on this socket (Drops column of /proc/net/netlink)."""

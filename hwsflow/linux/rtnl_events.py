@@ -11,8 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from hwsflow.core.model import SO_RCVBUFFORCE
-from hwsflow.linux.psample_socket import no_enobufs
+from hwsflow.linux.psample_socket import no_enobufs, set_rcvbuf
 from hwsflow.wire.netlink import NLMSG_HDR
 
 NETLINK_ROUTE = 0
@@ -59,10 +58,7 @@ def open_event_socket() -> socket.socket:
     """A non-blocking socket subscribed to link and tc notifications."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                          NETLINK_ROUTE)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_RCVBUF)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
+    set_rcvbuf(sock, EVENT_RCVBUF)
     sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
     no_enobufs(sock)  # lost events show in /proc/net/netlink; the agent then reconciles everything
     return sock

@@ -47,6 +47,11 @@ class TcError(Exception):
     """A tc operation on a port failed; the message names the port and what to do."""
 
 
+class FilterVanished(TcError):
+    """The filter was gone when read back: the qdisc under it was replaced meanwhile (Open vSwitch does
+    at port initialisation), a race a later attempt wins."""
+
+
 @dataclass(frozen=True)
 class FilterSpec:
     """What hwsflow wants on one port and direction."""
@@ -328,7 +333,8 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
         raise _install_error(spec, err) from err
     state = read_filter(ipr, spec)
     if state is None:
-        raise TcError(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was added")
+        raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was "
+                             "added (another program replaced the qdisc under it)")
     return state, False
 
 

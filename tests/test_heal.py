@@ -1,0 +1,94 @@
+"""Heal scheduling without sockets: when a port's filters are checked again, and what is logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from hwsflow.core.heal import (
+    HEAL_POLL, QDISC_GRACE, RETRY_FIRST, RETRY_MAX, SETTLE, STUCK_AFTER, TRANSITIONS, Due, HealEvent, HealSchedule,
+    HealState,
+)
+
+VANISHED = "port p0: the ingress sample filter vanished right after it was added"
+
+
+def test_every_state_has_an_answer_to_every_event_it_can_meet():
+    for state in HealState:
+        for event in HealEvent:
+            assert (state, event) in TRANSITIONS
+
+
+def test_a_lost_filter_is_healed_after_the_settle_time_once_for_a_burst():
+    heals = HealSchedule()
+    heals.filter_lost(3, now=100.0)
+    heals.filter_lost(3, now=100.1)  # the qdisc and the filter go in one burst of events
+    assert heals.state(3) is HealState.SETTLING and heals.next_at() == 100.0 + SETTLE
+    assert heals.due(100.0 + SETTLE - 0.01) == []
+    assert heals.due(100.0 + SETTLE) == [Due(3, may_create_qdisc=True)]
+    assert heals.due(200.0) == []  # taken until its outcome is reported
+    assert heals.healed(3, "p0") is None  # nothing was said about it: nothing to say now
+    assert heals.state(3) is HealState.IDLE and not heals.pending()
+
+
+def test_another_programs_qdisc_is_waited_for_then_reinstalled_on_at_once():
+    heals = HealSchedule()
+    heals.owner_qdisc_lost(3, now=10.0)
+    assert heals.waits_for_owner(3)
+    (due,) = heals.due(10.0 + SETTLE)
+    assert not due.may_create_qdisc  # its owner may be re-creating it
+    heals.qdisc_missing(3, now=10.3)
+    assert heals.next_at() == pytest.approx(10.3 + HEAL_POLL)
+    heals.qdisc_added(3, now=10.35)  # RTM_NEWQDISC: no need to wait for the next poll
+    assert heals.due(10.35) == [Due(3, may_create_qdisc=False)]
+
+
+def test_after_the_grace_hwsflow_may_create_its_own_qdisc():
+    heals = HealSchedule()
+    heals.owner_qdisc_lost(3, now=10.0)
+    heals.due(10.0 + SETTLE)
+    heals.qdisc_missing(3, now=10.0 + QDISC_GRACE - 0.05)
+    assert heals.due(10.0 + QDISC_GRACE + HEAL_POLL) == [Due(3, may_create_qdisc=True)]
+
+
+def test_a_new_qdisc_nobody_waits_for_changes_nothing():
+    heals = HealSchedule()
+    heals.qdisc_added(3, now=1.0)
+    assert heals.state(3) is HealState.IDLE and not heals.pending()
+
+
+def test_a_race_lost_is_retried_quietly_at_info_then_healed_without_an_error():
+    heals = HealSchedule()
+    line = heals.failed(3, VANISHED, now=50.0)
+    assert line is not None and line.level == logging.INFO and VANISHED in line.message
+    assert heals.due(50.0 + RETRY_FIRST) == [Due(3, may_create_qdisc=True)]
+    assert heals.failed(3, VANISHED, now=50.3) is None  # retried again without a word
+    assert heals.next_at() == pytest.approx(50.3 + 2 * RETRY_FIRST)  # later each time
+    heals.due(60.0)
+    assert heals.healed(3, "p0") is None
+
+
+def test_a_port_that_stays_unsampled_is_an_error_once_per_condition_and_its_recovery_is_said():
+    heals = HealSchedule()
+    now = 0.0
+    lines = [heals.failed(3, VANISHED, now)]
+    while now < STUCK_AFTER + 30:
+        now += heals.next_at() - now  # type: ignore[operator]
+        heals.due(now)
+        lines.append(heals.failed(3, VANISHED, now))
+    said = [line for line in lines if line is not None]
+    assert [line.level for line in said] == [logging.INFO, logging.ERROR]
+    assert "stays unsampled" in said[1].message
+    assert heals.next_at() - now == RETRY_MAX  # type: ignore[operator]
+    other = heals.failed(3, "port p0: cannot reinstall the ingress filter: No such device", now)
+    assert other is not None and other.level == logging.ERROR  # another condition: said too
+    recovered = heals.healed(3, "p0")
+    assert recovered is not None and recovered.level == logging.INFO and "sampled again" in recovered.message
+
+
+def test_a_forgotten_port_is_not_healed():
+    heals = HealSchedule()
+    heals.filter_lost(3, now=0.0)
+    heals.forget(3)
+    assert heals.due(10.0) == [] and heals.next_at() is None

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.vm import demo_guest
 from tests.vm.guest import (
     NS, REPO, TRAFFIC_DEADLINE, AgentProcess, Collector, add_veth, agent_config, ifindex, sh, tc_json, wait_for,
 )
@@ -215,4 +216,13 @@ def _kill_and_restart(agent: AgentProcess, rwdir: Path, ops: dict) -> None:
     ops["qdisc_after_stop"] = {port: qdisc_kinds(port) for port in ("hop0", "hop1")}
 
 
-SCENARIOS = [scenario_operations]
+def scenario_demo(rwdir: Path, out: dict) -> None:
+    """`./dev demo` as a new user runs it: its guest side, here in the same boot as the other scenarios."""
+    demo_dir = rwdir / "demo"
+    demo_dir.mkdir()
+    exit_status = demo_guest.main(demo_dir)
+    out["demo"] = {"exit": exit_status, "log": (demo_dir / "demo.log").read_text(),
+                   "decoded": (demo_dir / "decoded.txt").read_text()}
+
+
+SCENARIOS = [scenario_operations, scenario_demo]

@@ -109,3 +109,14 @@ def test_kill_9_and_restart_adopt_the_filters_without_duplicates(ops):
 
 def test_the_control_socket_refuses_other_users(ops):
     assert "Permission denied" in ops["nobody"] or "permission denied" in ops["nobody"]
+
+
+def test_the_demo_ends_cleanly(vm):
+    """What `./dev demo` prints: the agent's log without a WARNING or an ERROR, and decoded samples."""
+    assert "demo" in vm, vm["errors"]
+    demo = vm["demo"]
+    assert demo["exit"] == 0, demo
+    assert "sampling 1 ports through 1 psample groups" in demo["log"]
+    alarms = [line for line in demo["log"].splitlines() if line.startswith(("WARNING", "ERROR", "CRITICAL"))]
+    assert alarms == [], demo["log"]
+    assert demo["decoded"].count("sFlow v5 agent=198.51.100.1") >= 3 and "  flow seq=" in demo["decoded"]

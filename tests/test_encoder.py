@@ -24,9 +24,9 @@ from hwsflow.wire.sflow import (
     encode_port_name,
     encode_queue_records,
 )
+from hwsflow.core.model import U32_MAX as U32
 from hwsflow.wire.sflow_ref import format_datagram, parse_datagram
 
-U32 = 2**32 - 1
 V4_HEADER = 28  # datagram header bytes with an IPv4 agent address
 V6_HEADER = 40
 FLOW_COMPACT_FIXED = 64  # sample and raw-header record, before header bytes

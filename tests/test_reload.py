@@ -69,3 +69,10 @@ def test_collector_set_carry_over_applies_the_rule_per_target():
     assert (b.sent, b.errors, b.last_error) == (0, 0, "")
     old.close()
     new.close()
+
+
+def test_a_metrics_change_moves_the_endpoint():
+    old = parse_config(BASE, "a.yaml")
+    plan = plan_reload(old, parse_config(BASE + "metrics: '127.0.0.1:9465'\n", "a.yaml"))
+    assert plan.metrics and plan.changed == ("metrics",)
+    assert not plan_reload(old, old).metrics

@@ -1,7 +1,7 @@
 """Independent decoders read what the real agent sent in the VM: sfcapd -E, sfacctd and tshark.
 
 The datagrams are the ones the guest's collectors captured (the pipeline,
-estimate and loss scenarios); tests/interop.py replays them to each daemon.
+estimate and loss scenarios); tests/helpers/interop.py replays them to each daemon.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import math
 
 import pytest
 
-import interop
-import sflow_check
 from hwsflow.wire import sflow_ref
+from tests.helpers import interop, sflow_check
 
 STREAMS = ("pipeline", "estimate", "loss")
 
@@ -44,7 +43,7 @@ def test_sfcapd_decodes_every_sample_without_complaint(streams, stream, tmp_path
 
 
 def pool_renormalised(samples: list[dict]) -> int:
-    """sfacctd's renormalised count of one source (measured, tests/test_interop.py): the first sample at its
+    """sfacctd's renormalised count of one source (measured, tests/system/test_interop.py): the first sample at its
     rate, every later one at the pool's advance since the previous one."""
     return samples[0]["sampling_rate"] + samples[-1]["sample_pool"] - samples[0]["sample_pool"]
 

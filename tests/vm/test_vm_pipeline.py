@@ -11,10 +11,9 @@ from collections import defaultdict
 import pytest
 
 from hwsflow.wire import sflow_ref
+from tests.helpers import sflow_check
 from tests.vm import frames
 from tests.vm.scenarios import COUNTS, POLLING, TAG_BARRIER, TAG_HSP0, TAG_HSP1_IN, TAG_HSP1_LATE, TAG_HSP1_OUT
-
-import sflow_check
 
 
 @pytest.fixture(scope="session")

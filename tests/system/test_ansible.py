@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from hwsflow.core.config import load_config
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "ansible" / "site.yml"
 UNIT = REPO / "systemd" / "hwsflow.service"
 VENV_HWSFLOW = Path(sys.prefix) / "bin" / "hwsflow"

@@ -16,8 +16,8 @@ import yaml
 
 from hwsflow.cli import EXIT_CONFIG
 from hwsflow.core.config import parse_config
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "hwsflow.service"
 ROLE_DEFAULTS = REPO / "ansible" / "roles" / "hwsflow" / "defaults" / "main.yml"
 VENV_HWSFLOW = Path(sys.prefix) / "bin" / "hwsflow"

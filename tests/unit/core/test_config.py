@@ -24,8 +24,9 @@ from hwsflow.core.config import (
     parse_config,
 )
 from hwsflow.core.model import LinkInfo, switch_id_text
+from tests.helpers.paths import REPO
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "hwsflow.yaml"
+EXAMPLE = REPO / "etc" / "hwsflow.yaml"
 MINIMAL = "targets: [192.0.2.10]\nports:\n  - name: enp4s0f0_1\n"
 
 

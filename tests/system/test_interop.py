@@ -1,7 +1,7 @@
 """The independent collectors behind the VM interop tests, on the host: can their checks fail, and how do they count?
 
 tests/vm/test_vm_interop.py replays the real agent's datagrams to sfcapd and
-sfacctd through tests/interop.py; these tests feed the same helpers datagrams
+sfacctd through tests/helpers/interop.py; these tests feed the same helpers datagrams
 built here, with known numbers and known faults, so the VM's verdicts mean
 what they say.  Measured with nfdump-sflow 1.7.1 and pmacct 1.7.7 (Debian 12).
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import interop
 from hwsflow.wire.sflow import DatagramBuilder
+from tests.helpers import interop
 
 AGENT = "192.0.2.1"
 PORT = 7

@@ -1,12 +1,10 @@
 """The command line as an operator and Ansible use it."""
 
-from pathlib import Path
-
 from hwsflow import cli
 from hwsflow.wire.sflow import DatagramBuilder
 from hwsflow.wire.pcap import write_udp_pcap
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_check_config_accepts_the_example(capsys):

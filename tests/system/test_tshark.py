@@ -14,7 +14,7 @@ from hwsflow.wire.sflow import (
     encode_port_name,
     encode_queue_records,
 )
-import sflow_check  # pytest puts tests/ on sys.path (no __init__.py there)
+from tests.helpers import sflow_check
 
 
 @pytest.fixture(autouse=True)

@@ -88,7 +88,7 @@ class ServerHarness:
         reader = asyncio.StreamReader(limit=MAX_REQUEST + 1)  # as ControlServer.start sets it
         reader.feed_data(data)
         reader.feed_eof()
-        return await self.server._answer(reader, _Writer(self.pair[0]))
+        return await self.server.answer(reader, _Writer(self.pair[0]))
 
     def answer(self, data: bytes) -> tuple[bytes, list[Request]]:
         self.handled.clear()
@@ -98,7 +98,7 @@ class ServerHarness:
 
 @dataclass(frozen=True)
 class _Writer:
-    """What ControlServer._answer asks of its StreamWriter: the connection's socket."""
+    """What ControlServer.answer asks of its StreamWriter: the connection's socket."""
 
     sock: socket.socket
 

@@ -104,7 +104,7 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply = await self._answer(reader, writer)
+            reply = await self.answer(reader, writer)
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
             # closing with the client's input unread resets the connection (ECONNRESET), which can reach
@@ -116,7 +116,8 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The reply to one connection: its peer checked, its request read and handled (the fuzz target's entry)."""
         sock = writer.get_extra_info("socket")
         try:
             uid = peer_uid(sock)

@@ -14,6 +14,7 @@ the datagram size and header length.
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
+from itertools import pairwise
 
 from hwsflow.core import fastpath
 from hwsflow.wire import psample, sflow_ref
@@ -116,7 +117,7 @@ def expect(buf: bytes, bound: set[int], counts: Counts) -> None:
 def cut(buf: bytes, slots: int) -> list[bytes]:
     """buf in `slots` consecutive pieces, as recvmmsg would have received them."""
     bounds = [len(buf) * i // slots for i in range(slots + 1)]
-    return [buf[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [buf[a:b] for a, b in pairwise(bounds)]
 
 
 def feed(pipeline: SamplePipeline, pieces: list[bytes]) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from hwsflow import __version__
 from hwsflow.core.model import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
 from hwsflow.core.model import DIRECTION_CHOICES, HEADER_MAX, HEADER_MIN, U32_MAX
 
+if TYPE_CHECKING:
+    from hwsflow.core.config import Config
+    from hwsflow.core.control import Request
+
 EXIT_CONFIG = 2  # config errors: nothing was touched
 EXIT_NOT_RUNNING = 3  # the control commands found no agent
 
 
-def _ranged(lo: int, hi: int):
+def _ranged(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -70,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config(path: str):
+def _load_config(path: str) -> Config | None:
     from hwsflow.core.config import ConfigError, load_config
 
     try:
@@ -110,7 +116,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(args: argparse.Namespace, request) -> dict | None:
+def _control(args: argparse.Namespace, request: Request) -> dict[str, Any] | None:
     """The agent's reply to request, or None after saying in one line why there is none."""
     from hwsflow.linux.control_socket import NotRunning, request as send
     from hwsflow.core.control import RequestError
@@ -134,7 +140,7 @@ def _cmd_disable(args: argparse.Namespace) -> int:
     return _answer(args, Disable(args.port))
 
 
-def _answer(args: argparse.Namespace, request) -> int:
+def _answer(args: argparse.Namespace, request: Request) -> int:
     reply = _control(args, request)
     if reply is None:
         return EXIT_NOT_RUNNING

@@ -7,7 +7,7 @@ difference between the plans it gets back and what it has installed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from collections.abc import Mapping
 
 from hwsflow.core.config import Config, PortSettings
 from hwsflow.core.model import Direction, LinkInfo, directions_of

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 RATE_WINDOW = 5  # ticks (one a second) the samples-per-second figure averages over
 
@@ -23,7 +24,7 @@ class RateMeter:
     """
 
     window: int = RATE_WINDOW
-    _history: dict[int, deque] = field(default_factory=dict)
+    _history: dict[int, deque[tuple[float, int]]] = field(default_factory=dict)
     _last_change: dict[int, float] = field(default_factory=dict)
 
     def update(self, now: float, counts: dict[int, int]) -> None:
@@ -64,7 +65,7 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def _port_rows(ports: list[dict]) -> list[list[str]]:
+def _port_rows(ports: list[dict[str, Any]]) -> list[list[str]]:
     rows = [["PORT", "IFINDEX", "GROUP", "RATE", "DIRECTION", "OFFLOAD", "SAMPLES/S", "DROPS", "POOL", "LAST",
              "FROM"]]
     for port in ports:
@@ -78,7 +79,7 @@ def _port_rows(ports: list[dict]) -> list[list[str]]:
     return rows
 
 
-def render(status: dict) -> str:
+def render(status: dict[str, Any]) -> str:
     """The readable form of an agent status."""
     agent = status["agent"]
     lines = [

@@ -89,7 +89,7 @@ class Agent:
         self._dirty_links: set[int] = set()
         self.heals = HealSchedule()  # when to check a port's filters again, and what failures are worth saying
         self._full_reconcile = False
-        self._resolving: asyncio.Task | None = None
+        self._resolving: asyncio.Task[None] | None = None
         self._reload = False
         self._rxbuf = RecvBuffer()  # written for speed: up to 128 psample messages per recvmmsg call
         self._evbuf = bytearray(1 << 16)
@@ -156,7 +156,7 @@ class Agent:
         log.info("agent address %s, sub-agent %d, collectors %s", address, config.sub_agent_id,
                  ", ".join(c.target for c in collectors.collectors))
 
-    async def _resolve(self, targets: list[tuple[str, int]]) -> list:
+    async def _resolve(self, targets: list[tuple[str, int]]) -> list[Any]:
         """Resolve names in threads: a slow DNS server must not stall the samples on the event loop."""
         loop = asyncio.get_running_loop()
         return list(await asyncio.gather(*(loop.run_in_executor(None, resolve, h, p) for h, p in targets)))
@@ -206,7 +206,7 @@ class Agent:
             except asyncio.TimeoutError:
                 continue
 
-    def _set_links(self, links: dict) -> None:
+    def _set_links(self, links: dict[int, Any]) -> None:
         if self.pipeline is not None:
             self.pipeline.set_links(list(links))
 

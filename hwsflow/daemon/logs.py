@@ -57,7 +57,7 @@ class RateLimiter:
         allowed, suppressed = self.allow(key)
         if allowed:
             if suppressed:
-                logger.log(level, msg + " (%d similar suppressed)", *args, suppressed)
+                logger.log(level, msg + " (%d similar suppressed)", *args, suppressed)  # noqa: G003 - msg is the caller's format
             else:
                 logger.log(level, msg, *args)
         return allowed

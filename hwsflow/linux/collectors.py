@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from hwsflow.core.reload import CollectorCounts, carried_counts
 from hwsflow.linux.mmsg import DatagramSender
@@ -28,7 +29,7 @@ class Collector:
     target: str  # as configured, for status and logs
     host: str
     port: int
-    sockaddr: tuple | None = None  # None until the name resolves and a socket is connected to it
+    sockaddr: tuple[Any, ...] | None = None  # None until the name resolves and a socket is connected to it
     # connected, so that an ICMP port unreachable comes back as ECONNREFUSED on this collector's next send
     sock: socket.socket | None = None
     sent: int = 0
@@ -104,7 +105,7 @@ def _send_loaded(sender: DatagramSender, collector: Collector, fd: int) -> None:
 
 
 UNRESOLVED = "cannot resolve"
-Answer = tuple[int, tuple] | str  # (family, sockaddr), or why the name did not resolve
+Answer = tuple[int, tuple[Any, ...]] | str  # (family, sockaddr), or why the name did not resolve
 
 
 def format_target(host: str, port: int) -> str:

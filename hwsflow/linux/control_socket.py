@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import struct
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hwsflow.core.control import (
     MAX_REPLY, MAX_REQUEST, Request, RequestError, encode_request, error_reply, parse_reply, parse_request,
@@ -39,6 +40,7 @@ class NotRunning(Exception):
 
 
 def peer_uid(sock: socket.socket) -> int:
+    uid: int
     _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
     return uid
 
@@ -111,7 +113,7 @@ class ControlServer:
             # the client before the end of the reply: say we are done, and let it finish first
             writer.write_eof()
             await asyncio.wait_for(_discard_until_eof(reader), REQUEST_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass  # the client went away: nothing to tell it
         finally:
             writer.close()
@@ -133,7 +135,7 @@ class ControlServer:
             return self._bad(f"request too long (at most {MAX_REQUEST} bytes)")
         except asyncio.IncompleteReadError:
             return self._bad("incomplete request: no newline before the end")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._bad(f"no complete request within {REQUEST_TIMEOUT:.0f} s")
         try:
             request = parse_request(line)
@@ -141,7 +143,7 @@ class ControlServer:
             return self._bad(str(err))
         try:
             return await self.handler(request)
-        except Exception as err:  # noqa: BLE001 - the client gets an answer, the agent goes on
+        except Exception as err:  # the client gets an answer, the agent goes on
             log.exception("control socket: the %s request failed", type(request).__name__)
             return error_reply(f"internal error: {type(err).__name__}: {err}")
 
@@ -166,7 +168,7 @@ class ControlServer:
             self._lock_fd = None
 
 
-def request(path: str, req: Request, timeout: float = 10.0) -> dict:
+def request(path: str, req: Request, timeout: float = 10.0) -> dict[str, Any]:
     """Send one request to the agent and return its reply (NotRunning, RequestError or OSError)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)

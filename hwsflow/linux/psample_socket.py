@@ -96,7 +96,8 @@ class PsampleSocket:
 
     @property
     def port_id(self) -> int:
-        return self.sock.getsockname()[0]
+        port_id: int = self.sock.getsockname()[0]
+        return port_id
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,7 +30,7 @@ class RtnlWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
         self._ipr: IPRoute | None = None
 
-    def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self._ipr is None:
             self._ipr = tc.open_rtnl()
         return fn(self._ipr, *args)
@@ -108,6 +109,6 @@ def hosts_of_own_filters(ipr: IPRoute) -> list[tuple[int, str]]:
         if qdisc["parent"] != tc.TC_H_INGRESS:
             continue
         for direction in ("ingress", "egress"):
-            if tc.own_groups(ipr, qdisc["index"], direction):  # type: ignore[arg-type]
+            if tc.own_groups(ipr, qdisc["index"], direction):
                 found.append((qdisc["index"], direction))
     return found

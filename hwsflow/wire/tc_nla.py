@@ -12,6 +12,7 @@ filter or a sample action decodes it correctly.
 from __future__ import annotations
 
 import types
+from typing import Any
 
 from pyroute2.netlink import NLA_F_NESTED, nla, nlmsg
 from pyroute2.netlink.rtnl import tcmsg as pyroute2_tcmsg
@@ -74,7 +75,8 @@ class SampleOptions(nla):
 
 def _act_options_class(kind: str | None) -> type:
     plugin = common_act.plugins.get(kind or '')
-    return plugin.options if plugin is not None else nla.hex
+    options: type = plugin.options if plugin is not None else nla.hex
+    return options
 
 
 class TcAction(nla):
@@ -96,7 +98,7 @@ class TcAction(nla):
     act_stats = ActStats
 
     @staticmethod
-    def get_act_options(self: nla, *argv: object, **kwarg: object) -> type:
+    def get_act_options(self: nla, *argv: object, **kwarg: object) -> type:  # noqa: PLW0211 - pyroute2 passes the nla first
         return _act_options_class(self.get_attr('TCA_ACT_KIND'))
 
 
@@ -165,14 +167,14 @@ class TcMsg(nlmsg):
     )
 
     @staticmethod
-    def get_options(self: nlmsg, *argv: object, **kwarg: object) -> type:
+    def get_options(self: nlmsg, *argv: object, **kwarg: object) -> type:  # noqa: PLW0211 - pyroute2 passes the nlmsg first
         # qdiscs and filters of other kinds keep pyroute2's own decoders
         return _tc_options_class(self.get_attr('TCA_KIND')) or nla.hex
 
 
-def _sample_parameters(kwarg: dict) -> dict:
+def _sample_parameters(kwarg: dict[str, Any]) -> dict[str, Any]:
     """pyroute2 tc() API: {'kind': 'sample', 'rate': N, 'group': G, 'trunc': T, 'action': verdict}."""
-    attrs: list[list] = [
+    attrs: list[list[Any]] = [
         ['TCA_SAMPLE_PARMS', {'action': kwarg.get('verdict', TC_ACT_UNSPEC)}],
         ['TCA_SAMPLE_RATE', kwarg['rate']],
         ['TCA_SAMPLE_PSAMPLE_GROUP', kwarg['group']],
@@ -182,9 +184,9 @@ def _sample_parameters(kwarg: dict) -> dict:
     return {'attrs': attrs}
 
 
-def _matchall_parameters(kwarg: dict) -> dict:
+def _matchall_parameters(kwarg: dict[str, Any]) -> dict[str, Any]:
     """pyroute2 tc() API for matchall: actions as a list of {'kind': ..., ...} dicts."""
-    attrs: list[list] = []
+    attrs: list[list[Any]] = []
     actions = kwarg.get('action')
     if actions:
         attrs.append(['TCA_MATCHALL_ACT', action_list_attrs(actions)])
@@ -195,12 +197,12 @@ def _matchall_parameters(kwarg: dict) -> dict:
     return {'attrs': attrs}
 
 
-def action_list_attrs(actions: list[dict]) -> dict:
+def action_list_attrs(actions: list[dict[str, Any]]) -> dict[str, Any]:
     """Nested attributes for an action list; each dict has 'kind' and the plugin's keys, and may carry 'cookie'."""
-    out: list[list] = []
+    out: list[list[Any]] = []
     for prio, act in enumerate(actions, start=1):
         plugin = common_act.plugins[act['kind']]
-        attrs: list[list] = [
+        attrs: list[list[Any]] = [
             ['TCA_ACT_KIND', act['kind']],
             ['TCA_ACT_OPTIONS', plugin.get_parameters(act)],
         ]

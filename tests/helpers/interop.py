@@ -23,7 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from hwsflow.wire.sflow import DatagramBuilder
 from tests.vm.guest import wait_for
@@ -221,7 +221,7 @@ def sfcapd_decode(datagrams: list[bytes], workdir: Path) -> SfcapdView:
         replay.send(datagrams)
         sentinel = re.compile(rf"ip exporter\s*=\s*{re.escape(SENTINEL_SOURCE)}\s")
         daemon.wait(replay.until(lambda: sentinel.search(daemon.output())), "sfcapd to print a sentinel's flow")
-        drops = udp_socket(port).drops  # type: ignore[union-attr]
+        drops = udp_socket(port).drops  # type: ignore[union-attr]  # bound: the daemon has handled a datagram
         returncode = daemon.stop()
         return _sfcapd_view(daemon.output(), daemon.errors(), returncode, drops)
 
@@ -293,7 +293,7 @@ def sfacctd_totals(datagrams: list[bytes], workdir: Path, agent: str = "192.0.2.
         # the print plugin writes its cache every second: a sentinel's row comes after every earlier sample
         daemon.wait(replay.until(lambda: SENTINEL_IFINDEX in _csv_packets(output)),
                     "sfacctd to write a sentinel's row")
-        drops = udp_socket(port).drops  # type: ignore[union-attr]
+        drops = udp_socket(port).drops  # type: ignore[union-attr]  # bound: the daemon has handled a datagram
         returncode = daemon.stop()
         log = daemon.output() + daemon.errors()
     totals = _csv_packets(output)

@@ -6,6 +6,7 @@ Longer runs: `python -m fuzz.run TARGET --seconds N` (see fuzz/run.py).
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_the_runner_reports_a_crash_or_a_hang_with_its_input(tmp_path, monkeypat
     result = run.run(module, runs=100, work=tmp_path / "work", timeout=1)
     assert result.crashed
     (artifact,) = result.artifacts
-    assert kind in artifact and open(artifact, "rb").read() == seed
+    assert kind in artifact and Path(artifact).read_bytes() == seed
     assert "CRASH" in result.summary()
 
 

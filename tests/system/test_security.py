@@ -108,7 +108,7 @@ def make_harness(tmp_path: Path) -> Harness:
     agent.pipeline = SamplePipeline(agent.builder, agent.groups, FAMILY)
     feed, receive = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # keeps message boundaries, as netlink
     receive.setblocking(False)
-    agent.psample = FakePsample(receive)  # type: ignore[assignment]
+    agent.psample = FakePsample(receive)  # type: ignore[assignment]  # a socketpair stands in for psample
     return Harness(agent, feed, collector)
 
 

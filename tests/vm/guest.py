@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.vm import frames
 
-from tests.vm import frames  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 NS = "hvtx"
 # (watched port in the root namespace, its peer in NS)
@@ -139,7 +139,7 @@ class AgentProcess:
         notify_path = f"\0hwsflow-test-{name}-{os.getpid()}"
         self.notify.bind(notify_path)
         env = dict(os.environ, NOTIFY_SOCKET="@" + notify_path[1:], PYTHONUNBUFFERED="1")
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the agent writes it for its life; stop() closes it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hwsflow", "run", "--config", str(self.config_path)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -160,7 +160,7 @@ class AgentProcess:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}; log:\n{self.log_path.read_text()}")
             try:
                 message = self.notify.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if state in message.split("\n"):
                 return time.monotonic() - start

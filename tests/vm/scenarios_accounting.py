@@ -29,7 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from tests.vm import frames
 from tests.vm.guest import NS, TRAFFIC_DEADLINE, AgentProcess, Collector, COLLECTOR_V4, add_veth, sh, tc_json, wait_for

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import pytest
 
@@ -112,7 +113,7 @@ def check_estimate(samples: list[Sample], source: int, rate: int, sent: int) -> 
 
 def check_pool_after_resync(a: list[Sample], tc_after_traffic: int, rate: int) -> None:
     """Pools never go back; the first sample after the re-sync builds on tc's count (or the pool, if ahead)."""
-    assert all(x.pool <= y.pool for x, y in zip(a, a[1:]))
+    assert all(x.pool <= y.pool for x, y in pairwise(a))
     traffic = [s for s in a if s.tag == sa.TAG_EST]
     first_late = next(s for s in a if s.tag == sa.TAG_LATE)
     assert first_late.seq == traffic[-1].seq + 1
@@ -129,7 +130,7 @@ def check_drops(a: list[Sample], b: list[Sample], tc_a: int, tc_b: int, socket_d
     lost = tc_a - len(a)  # every packet through the action made a sample
     assert lost > 0
     assert socket_drops == lost  # the kernel dropped exactly these, on the agent's socket: none went elsewhere
-    assert all(x.drops <= y.drops for x, y in zip(a, a[1:]))  # cumulative
+    assert all(x.drops <= y.drops for x, y in pairwise(a))  # cumulative
     assert a[-1].drops == lost, (a[-1].drops, lost)
     # the first sample after the loss already carries it
     burst_end = max(i for i, s in enumerate(a) if s.tag in (sa.TAG_A_PRE, sa.TAG_A_BURST))

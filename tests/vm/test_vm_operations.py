@@ -82,7 +82,7 @@ def test_a_new_port_is_sampled_within_a_second_and_again_when_it_returns(ops, fl
     assert first != second
     assert {s["_frame"][0] for s in flows[first]} == {TAG_NEW} and len(flows[first]) == NEW_FRAMES
     assert {s["_frame"][0] for s in flows[second]} == {TAG_BACK} and len(flows[second]) == NEW_FRAMES
-    assert "hopn0 (ifindex %d) disappeared" % first in ops["log"]
+    assert f"hopn0 (ifindex {first}) disappeared" in ops["log"]
 
 
 def test_a_deleted_qdisc_is_healed_within_a_second_reusing_the_other_programs_qdisc(ops, flows):

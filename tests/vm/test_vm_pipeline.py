@@ -7,6 +7,7 @@ hwsflow's reference decoder and by tshark.
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 
@@ -197,7 +198,7 @@ def test_counter_samples_carry_the_links_real_counters(vm, datagrams, port):
 def test_counter_samples_follow_the_polling_interval(vm, datagrams):
     for port in ("hsp0", "hsp1"):
         times = [uptime for uptime, _ in _counter_samples(datagrams, vm["ifindex"][port])]
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in pairwise(times)]
         assert gaps, port
         # datagram uptimes: a sample waits up to the 1 s flush before its datagram is stamped
         assert all(POLLING * 1000 - 1100 <= gap <= POLLING * 1000 + 1100 for gap in gaps), (port, gaps)

@@ -4,7 +4,6 @@ import pickle
 import re
 import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import yaml
@@ -1059,7 +1058,7 @@ def test_config_error_keeps_its_parts_through_pickle():
 def test_config_is_frozen():
     config = parse_config(MINIMAL)
     with pytest.raises(AttributeError):
-        config.polling = 5  # type: ignore[misc]
+        config.polling = 5  # type: ignore[misc]  # writing to the frozen config is the point
     assert hash(config.ports[0]) == hash(named("enp4s0f0_1"))
 
 

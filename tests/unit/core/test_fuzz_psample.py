@@ -85,13 +85,13 @@ def lying_attr(draw: st.DrawFn) -> bytes:
 
 
 attributes = st.one_of(
-    st.builds(lambda t, d: attr(t, d), scalar_types, payloads),  # truncated, exact or overlong scalars
+    st.builds(attr, scalar_types, payloads),  # truncated, exact or overlong scalars
     st.builds(lambda t: attr(t, b""), st.integers(0, 20)),  # zero-length, every known type and beyond
     st.builds(lambda d: attr(psample.ATTR_DATA, d), st.binary(max_size=300)),
     huge_data(),
     nested_garbage(),
     lying_attr(),
-    st.builds(lambda t, d: attr(t, d), st.integers(17, 0x3FFF), payloads),  # attributes of future kernels
+    st.builds(attr, st.integers(17, 0x3FFF), payloads),  # attributes of future kernels
     st.builds(lambda t, f, d: attr(t | f, d), scalar_types, st.sampled_from([NLA_F_NESTED, NLA_F_NET_BYTEORDER]),
               payloads),
     st.builds(lambda t, d: raw_attr(NLA_HDR.size + len(d), t, d, pad=False), st.integers(0, 20), payloads),

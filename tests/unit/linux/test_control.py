@@ -100,7 +100,7 @@ def _serve(path: Path, body, handler=_echo):
 
 def test_root_gets_answers_and_the_files_are_root_only(tmp_path):
     path = tmp_path / "run" / "control.sock"
-    server, reply = _serve(path, lambda s: (request(str(path), Status()), oct(path.stat().st_mode & 0o777),
+    _server, reply = _serve(path, lambda s: (request(str(path), Status()), oct(path.stat().st_mode & 0o777),
                                             oct(path.parent.stat().st_mode & 0o777)))
     answer, sock_mode, dir_mode = reply
     assert answer == {"ok": True, "request": "Status"}
@@ -225,7 +225,7 @@ def test_a_second_agent_is_refused_and_leaves_the_first_ones_files(tmp_path):
 
 
 def test_no_agent_is_one_line_naming_the_unit(tmp_path, capsys):
-    with pytest.raises(NotRunning, match="systemctl start hwsflow.service"):
+    with pytest.raises(NotRunning, match=r"systemctl start hwsflow\.service"):
         request(str(tmp_path / "none.sock"), Status())
     assert cli.main(["status", "--socket", str(tmp_path / "none.sock")]) == cli.EXIT_NOT_RUNNING
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from fuzz.control_target import check_error_text, check_parse, one_input, seeds
 from fuzz.limits import deadline
 from hwsflow.linux import control_socket
-from hwsflow.core.control import MAX_REQUEST, Enable, RequestError, ok_reply, parse_reply, parse_request
+from hwsflow.core.control import MAX_REQUEST, RequestError, ok_reply, parse_reply, parse_request
 from hwsflow.linux.control_socket import ControlServer
 
 TIMEOUT = 0.5  # REQUEST_TIMEOUT for these tests: stalls are what they are about

@@ -7,6 +7,7 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def vlan_frame(packet: bytes) -> bytes:
     ],
 )
 @pytest.mark.parametrize("src, dst", [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")])
-def test_linktypes(linktype: int, wrap, src: str, dst: str) -> None:  # type: ignore[no-untyped-def]
+def test_linktypes(linktype: int, wrap: Callable[[bytes], bytes], src: str, dst: str) -> None:
     if linktype == pcap.LINKTYPE_IPV4 and ":" in src:
         linktype = pcap.LINKTYPE_IPV6
     frames = [wrap(pcap.udp_packet(p, src, dst, 5000, 6343)) for p in PAYLOADS]

@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis's per-example deadline is a timing assertion, and speed is `hwsflow bench`'s business: on a
+# busy shared machine one example took 410 ms and then 5 ms on replay, a FlakyFailure that finds nothing.
+# Many tests already said deadline=None; this says it once for all.
+settings.register_profile("hwsflow", deadline=None)
+settings.load_profile("hwsflow")
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "system", "vm")

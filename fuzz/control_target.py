@@ -88,7 +88,7 @@ class ServerHarness:
         reader = asyncio.StreamReader(limit=MAX_REQUEST + 1)  # as ControlServer.start sets it
         reader.feed_data(data)
         reader.feed_eof()
-        return await self.server.answer(reader, _Writer(self.pair[0]))
+        return await self.server.answer(reader, _Writer(self.pair[0]))  # type: ignore[arg-type]  # a stand-in: see _Writer
 
     def answer(self, data: bytes) -> tuple[bytes, list[Request]]:
         self.handled.clear()
@@ -132,7 +132,7 @@ def one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    requests = [Status(), Enable("eno1", 10), Enable("enp4s0f0_1", 4294967295, "both", 1024), Disable("eth0")]
+    requests: list[Request] = [Status(), Enable("eno1", 10), Enable("enp4s0f0_1", 4294967295, "both", 1024), Disable("eth0")]
     lines = [encode_request(request) for request in requests]
     return [*lines, lines[1].rstrip(b"\n"), b'{"cmd": "enable", "port": "eth0", "rate": 0}\n',
             b'{"cmd": "status", "extra": [1, {"a": null}]}\n', b"[" * 64 + b"\n", b"x" * (MAX_REQUEST + 10),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 from itertools import pairwise
+from typing import Any
 
 from hwsflow.core import fastpath
 from hwsflow.wire import psample, sflow_ref
@@ -190,7 +191,7 @@ def one_input(data: bytes) -> None:
 
 def kernel_sample(**fields: object) -> psample.Sample:
     """What act_sample sends at ingress on current kernels, with fields changed."""
-    base: dict = dict(group=INGRESS_GROUP, seq=1, raw_rate=10, orig_size=98, iif=3, data=bytes(range(98)),
+    base: dict[str, Any] = dict(group=INGRESS_GROUP, seq=1, raw_rate=10, orig_size=98, iif=3, data=bytes(range(98)),
                       timestamp=1, proto=0x0800)
     base.update(fields)
     return psample.Sample(**base)

@@ -160,7 +160,8 @@ def tshark_decode(payloads: list[bytes]) -> list[dict[str, Any]]:
 
 def _layers(packet: Pairs) -> Pairs:
     source = dict(packet)["_source"]
-    return dict(source)["layers"]
+    layers: Pairs = dict(source)["layers"]
+    return layers
 
 
 def _expected(ref: dict[str, Any]) -> dict[str, Any]:

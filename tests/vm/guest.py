@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from tests.vm import frames
 
@@ -89,7 +91,7 @@ class Collector:
     def _loop(self) -> None:
         while self.running:
             for key, _ in self.selector.select(0.2):
-                data = key.fileobj.recv(65536)
+                data = cast(socket.socket, key.fileobj).recv(65536)
                 with self.lock:
                     self.datagrams[key.data].append(data)
 
@@ -114,12 +116,12 @@ class Collector:
         self.running = False
         self.thread.join()
         for key in list(self.selector.get_map().values()):
-            key.fileobj.close()
+            cast(socket.socket, key.fileobj).close()
         self.selector.close()
         return {k: [d.hex() for d in v] for k, v in self.datagrams.items()}
 
 
-def wait_for(condition, deadline: float, what: str) -> float:
+def wait_for(condition: Callable[[], object], deadline: float, what: str) -> float:
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > deadline:

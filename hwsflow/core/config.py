@@ -217,7 +217,7 @@ def _yaml_document(text: str) -> object:
     _reject_duplicate_keys(node, "", set())
     try:
         return loader.construct_document(node)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - see _yaml_failure
         raise _yaml_failure(text, err) from None
 
 

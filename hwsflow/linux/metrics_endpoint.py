@@ -56,7 +56,7 @@ class StatusCollector(Collector):
         def take() -> None:
             try:
                 done.set_result(self.status())
-            except BaseException as err:  # handed to the scraping thread, which fails its scrape
+            except BaseException as err:  # noqa: BLE001 - handed to the scraping thread, which fails its scrape
                 done.set_exception(err)
 
         self.loop.call_soon_threadsafe(take)
@@ -71,7 +71,7 @@ class MetricsRequestHandler(WSGIRequestHandler):
 
     timeout = REQUEST_TIMEOUT
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # `format` is the base class's name
         """Scrapes are not log events."""
 
 

@@ -113,7 +113,7 @@ def _start_prometheus(rwdir: Path, storage: Path) -> subprocess.Popen:
         "scrape_configs:\n  - job_name: hwsflow\n"
         f"    static_configs: [{{targets: ['{METRICS[0]}:{METRICS[1]}']}}]\n"
     )
-    log = open(rwdir / "prometheus.log", "w")
+    log = open(rwdir / "prometheus.log", "w")  # noqa: SIM115 - Prometheus writes it for its life
     return subprocess.Popen(
         [str(PROMETHEUS_BIN / "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={storage}",
          f"--web.listen-address={PROMETHEUS[0]}:{PROMETHEUS[1]}"],

@@ -34,8 +34,8 @@ from hwsflow.daemon.ports import failure_code, heal_cause
 from hwsflow.linux import metrics_endpoint, tc
 from hwsflow.linux.control_socket import NotRunning, request
 from hwsflow.linux.metrics_endpoint import MetricsEndpoint
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PROMTOOL = REPO / ".cache/prometheus/usr/bin/promtool"
 MONITORING = REPO / "monitoring"
 
@@ -289,7 +289,7 @@ def test_a_reload_starts_moves_and_stops_the_endpoint_and_is_counted(tmp_path):
             else:
                 config.write_text(config_text(control, None).replace("ports:", f"metrics: {metrics}\nports:"))
             proc.send_signal(signal.SIGHUP)
-            status = wait_until(lambda: (s := request(control, Status(), timeout=5)["status"])  # noqa: B023
+            status = wait_until(lambda: (s := request(control, Status(), timeout=5)["status"])
                                 and sum(s["agent"]["reloads"].values()) == len(steps) + 1 and s, proc)
             served = []
             for port in (first, second):

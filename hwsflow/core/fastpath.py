@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hwsflow.core._fastpath import Loop as Loop  # the compiled loop's type, for the pipeline
 
 ENV_PURE_PYTHON = "HWSFLOW_PURE_PYTHON"  # set to anything but "" or "0": the Python path
 

@@ -12,7 +12,8 @@ sends what take() hands back.  Two paths lead through it, held equal by tests:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hwsflow.wire import psample
 from hwsflow.wire.sflow import (
@@ -30,7 +31,7 @@ from hwsflow.core.groups import GroupTable
 from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, Buffer, MalformedMessage, message_extent
 
 if TYPE_CHECKING:
-    from hwsflow.core._fastpath import Loop
+    from hwsflow.core.fastpath import Loop
 
 _MAX_ORIG = 0xFFFFFFFF - 4
 FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so

@@ -19,7 +19,8 @@ import mmap
 import os
 import struct
 from itertools import accumulate, chain
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 MSG_DONTWAIT = 0x40
 SLOTS = 128  # messages per recvmmsg call

@@ -31,7 +31,8 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hwsflow.core import fastpath
 from hwsflow.wire import psample

@@ -89,9 +89,16 @@ def _own_object(node: ast.expr) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
 
 
+def _twin(module: str, name: str) -> bool:
+    """pkg._x is the private half of pkg.x (a C extension behind its Python face): x may import it."""
+    parent, _, own = module.rpartition(".")
+    return name == f"{parent}._{own}"
+
+
 def private_violations(source: str, path: str, module: str = "", is_package: bool = False) -> list[Violation]:
     """Another module's _private name used here: imported by name, or reached as an attribute of anything
-    but self, cls or super() (an imported module, another object: `builder._pos`)."""
+    but self, cls or super() (an imported module, another object: `builder._pos`).  The one exception is
+    a module importing its private twin (hwsflow.core.fastpath imports hwsflow.core._fastpath)."""
     tree = ast.parse(source, path)
     modules: set[str] = set()  # local names bound to imported modules, for a clearer message
     found: list[Violation] = []
@@ -99,15 +106,15 @@ def private_violations(source: str, path: str, module: str = "", is_package: boo
         if isinstance(node, ast.Import):
             for alias in node.names:
                 modules.add(alias.asname or alias.name.split(".")[0])
-                if any(_private(part) for part in alias.name.split(".")):
+                if any(_private(part) for part in alias.name.split(".")) and not _twin(module, alias.name):
                     found.append(Violation(path, node.lineno, f"imports private module {alias.name}"))
         elif isinstance(node, ast.ImportFrom):
             source_module = _absolute(node, module, is_package)
-            if any(_private(part) for part in source_module.split(".")):
+            if any(_private(part) for part in source_module.split(".")) and not _twin(module, source_module):
                 found.append(Violation(path, node.lineno, f"imports from private module {source_module}"))
             for alias in node.names:
                 modules.add(alias.asname or alias.name)
-                if _private(alias.name):
+                if _private(alias.name) and not _twin(module, f"{source_module}.{alias.name}"):
                     found.append(Violation(path, node.lineno, f"imports private name {alias.name} from {source_module}"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _private(node.attr) and not _own_object(node.value):

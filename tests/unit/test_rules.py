@@ -90,6 +90,17 @@ def test_the_private_checker_allows_own_state_and_conventions(source):
     assert private(source) == []
 
 
+def test_a_module_may_import_its_private_twin_and_no_other_module_may():
+    twin = "from hwsflow.core import _fastpath\nfrom hwsflow.core._fastpath import Loop\nimport hwsflow.core._fastpath\n"
+    assert private(twin, module="hwsflow.core.fastpath") == []
+    assert private(twin, module="hwsflow.core.pipeline") == [
+        "imports private name _fastpath from hwsflow.core",
+        "imports from private module hwsflow.core._fastpath",
+        "imports private module hwsflow.core._fastpath",
+    ]
+    assert private("from hwsflow.wire import _sflow\n", module="hwsflow.core.sflow")  # a twin is in its own package
+
+
 def test_module_names_follow_the_files():
     assert module_name(REPO / "hwsflow/wire/sflow.py", REPO) == "hwsflow.wire.sflow"
     assert module_name(REPO / "hwsflow/core/__init__.py", REPO) == "hwsflow.core"

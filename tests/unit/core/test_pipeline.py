@@ -1,7 +1,5 @@
 """The receive pipeline, bytes in and datagrams out: psample messages -> sFlow v5."""
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hwsflow.wire import psample, sflow_ref
 from hwsflow.core.config import SAMPLE_ROOM

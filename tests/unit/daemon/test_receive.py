@@ -100,7 +100,7 @@ def test_message_longer_than_a_slot_is_counted_malformed_not_misread(pair):
     tx.send(small)
     rbuf = RecvBuffer(4, 4096)
     pipeline = make_pipeline()
-    datagrams, read = drain_all(rx, rbuf, pipeline)
+    _datagrams, read = drain_all(rx, rbuf, pipeline)
     assert read == 2
     assert (pipeline.stats.malformed, pipeline.stats.samples) == (1, 1)
     rbuf.close()

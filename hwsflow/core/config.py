@@ -14,7 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
@@ -348,7 +348,7 @@ def _suggestion(value: object, known: tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _reject_unknown(problems: _Problems, mapping: dict, prefix: str, known: tuple[str, ...],
+def _reject_unknown(problems: _Problems, mapping: dict[str, Any], prefix: str, known: tuple[str, ...],
                     misplaced: tuple[str, str]) -> None:
     """Each unknown key is a problem; misplaced: the keys of the other level (top or port rule), and where
     they belong."""
@@ -363,7 +363,7 @@ def _reject_unknown(problems: _Problems, mapping: dict, prefix: str, known: tupl
         problems.found.append(_Invalid(_join(prefix, _key_text(key)), f"unknown key{hint}"))
 
 
-def _non_empty_list(key: str, value: object, what: str) -> list:
+def _non_empty_list(key: str, value: object, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise _Invalid(key, f"must be a list of {what}, got {_describe(value)}")
     if not value:
@@ -466,12 +466,13 @@ def _targets(problems: _Problems, value: object) -> tuple[Target, ...] | None:
     return tuple(targets) if len(problems.found) == count else None
 
 
-def _port_settings(problems: _Problems, mapping: dict, prefix: str, base: PortSettings) -> PortSettings:
+def _port_settings(problems: _Problems, mapping: dict[str, Any], prefix: str, base: PortSettings) -> PortSettings:
     """base with the setting keys mapping gives (those that are valid: the others are problems noted)."""
     given: dict[str, object] = {}
     for name in _PORT_SETTING_KEYS:
         if name in mapping:
             key, value = _join(prefix, name), mapping[name]
+            checked: object
             if name in _CHOICES:
                 checked = problems.check(_choice, key, value, _CHOICES[name])
             else:
@@ -515,7 +516,7 @@ def _switch_id(key: str, value: object) -> str:
     return digits
 
 
-def _receive_only(problems: _Problems, key: str, rule: dict) -> int | None:
+def _receive_only(problems: _Problems, key: str, rule: dict[str, Any]) -> int | None:
     """The group of a receive-only rule, once its other keys are known to fit one."""
     count = len(problems.found)
     group = problems.check(_int, f"{key}.group", rule["group"], _INT_RANGES["group"])

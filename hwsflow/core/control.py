@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Union
+from typing import Any
 
 from hwsflow.core.model import DIRECTION_CHOICES, HEADER_MAX, HEADER_MIN, U32_MAX, DirectionChoice, is_ifname
 
@@ -41,17 +41,17 @@ class Disable:
     port: str
 
 
-Request = Union[Status, Enable, Disable]
+Request = Status | Enable | Disable
 
 
-def _port(obj: dict) -> str:
+def _port(obj: dict[str, Any]) -> str:
     port = obj.get("port")
     if not isinstance(port, str) or not is_ifname(port):
         raise RequestError(f"`port` must be an interface name (1 to 15 characters), got {port!r}"[:200])
     return port
 
 
-def _int(obj: dict, key: str, lo: int, hi: int, required: bool) -> int | None:
+def _int(obj: dict[str, Any], key: str, lo: int, hi: int, required: bool) -> int | None:
     value = obj.get(key)
     if value is None and not required:
         return None
@@ -65,7 +65,7 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _check_keys(obj: dict, allowed: tuple[str, ...]) -> None:
+def _check_keys(obj: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(_shown(k) for k in obj if k not in allowed)
     if unknown:
         raise RequestError(f"unknown field(s) for `{obj['cmd']}`: {', '.join(unknown)}"[:200])
@@ -102,7 +102,7 @@ def parse_request(data: bytes) -> Request:
 def encode_request(request: Request) -> bytes:
     """The line the CLI sends for request."""
     if isinstance(request, Status):
-        obj: dict = {"cmd": "status"}
+        obj: dict[str, Any] = {"cmd": "status"}
     elif isinstance(request, Enable):
         obj = {"cmd": "enable", "port": request.port, "rate": request.rate}
         if request.direction is not None:
@@ -122,7 +122,7 @@ def error_reply(message: str) -> bytes:
     return json.dumps({"ok": False, "error": message}).encode() + b"\n"
 
 
-def parse_reply(data: bytes) -> dict:
+def parse_reply(data: bytes) -> dict[str, Any]:
     """The agent's reply; RequestError if it is not one (a truncated or foreign answer)."""
     try:
         obj = json.loads(data.decode("utf-8"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 from hwsflow.core.model import LogLine
 

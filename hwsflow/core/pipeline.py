@@ -97,10 +97,6 @@ class SamplePipeline:
         """Pack into builder from now on (a reload's new datagram settings)."""
         self.builder = builder
 
-    def set_builder(self, builder: DatagramBuilder) -> None:
-        """Build into builder from now on (a reload's new agent address or datagram size)."""
-        self.builder = builder
-
     def set_links(self, ifindexes: list[int]) -> None:
         """Record the host's ifindexes, to widen 16-bit IIFINDEX values that are unambiguous."""
         by_low: dict[int, list[int]] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from hwsflow.core.model import LogLine
 

@@ -15,6 +15,7 @@ import errno
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -100,7 +101,7 @@ def make_cookie(group: int) -> bytes:
 
 
 def is_our_cookie(cookie: bytes | None) -> bool:
-    return bool(cookie) and cookie.startswith(COOKIE_MAGIC)
+    return cookie is not None and cookie.startswith(COOKIE_MAGIC)
 
 
 def open_rtnl() -> IPRoute:
@@ -130,7 +131,7 @@ def build_filter_msg(spec: FilterSpec) -> TcMsg:
         "verdict": TC_ACT_UNSPEC,
         "cookie": spec.cookie,
     }
-    options: list[list] = [["TCA_MATCHALL_ACT", tc_nla.action_list_attrs([action])]]
+    options: list[list[Any]] = [["TCA_MATCHALL_ACT", tc_nla.action_list_attrs([action])]]
     flags = _OFFLOAD_FLAGS[spec.offload]
     if flags:
         options.append(["TCA_MATCHALL_FLAGS", flags])
@@ -200,7 +201,7 @@ def _action_packets(action: tc_nla.TcAction) -> int:
     if stats is None:
         return 0
     # PKT64 follows BASIC when the 32-bit packets field is too small
-    pkt64 = stats.get_attr("TCA_STATS_PKT64")
+    pkt64: int | None = stats.get_attr("TCA_STATS_PKT64")
     if pkt64 is not None:
         return pkt64
     basic = stats.get_attr("TCA_STATS_BASIC")
@@ -224,7 +225,8 @@ def find_clsact_kind(ipr: IPRoute, ifindex: int) -> str | None:
     """'ingress', 'clsact' or None: which qdisc owns ffff: on the port."""
     for qdisc in ipr.get_qdiscs(index=ifindex):
         if qdisc["parent"] == TC_H_INGRESS:
-            return qdisc.get_attr("TCA_KIND")
+            kind: str | None = qdisc.get_attr("TCA_KIND")
+            return kind
     return None
 
 
@@ -331,16 +333,16 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
         ipr.nlm_request(build_filter_msg(spec), RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
     except NetlinkError as err:
         raise _install_error(spec, err) from err
-    state = read_filter(ipr, spec)
-    if state is None:
+    added = read_filter(ipr, spec)
+    if added is None:
         raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was "
                              "added (another program replaced the qdisc under it)")
-    return state, False
+    return added, False
 
 
 def _install_error(spec: FilterSpec, err: NetlinkError) -> TcError:
     where = f"priority {spec.priority}, chain {spec.chain}"
-    if err.code == errno.EEXIST or err.code == errno.EINVAL and "kind" in str(err).lower():
+    if err.code == errno.EEXIST or (err.code == errno.EINVAL and "kind" in str(err).lower()):
         return TcError(
             f"port {spec.ifname}: {spec.direction} {where} is taken by a filter that is not hwsflow's; "
             "set another `priority` for this port"

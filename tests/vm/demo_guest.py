@@ -41,7 +41,7 @@ def _demo(rwdir: Path) -> int:
     sh("ip", "netns", "exec", NS, "ip", "addr", "add", "198.51.100.2/24", "dev", "demo0x")
     sh("ip", "netns", "exec", NS, "ip", "link", "set", "demo0x", "up")
     decoded_path = rwdir / "decoded.txt"
-    decoded = open(decoded_path, "w")
+    decoded = open(decoded_path, "w")  # noqa: SIM115 - the decoder process writes it until it is closed
     # no --count: the collector listens until the agent has stopped, so that the agent's last
     # datagrams find it there (a collector gone first makes the agent warn ECONNREFUSED)
     collector = subprocess.Popen(

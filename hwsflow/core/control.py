@@ -92,7 +92,7 @@ def parse_request(data: bytes) -> Request:
             raise RequestError(f"`direction` must be one of {', '.join(DIRECTION_CHOICES)}, got {direction!r}"[:200])
         rate = _int(obj, "rate", 1, U32_MAX, required=True)
         header = _int(obj, "header", HEADER_MIN, HEADER_MAX, required=False)
-        return Enable(_port(obj), rate, direction, header)  # type: ignore[arg-type]
+        return Enable(_port(obj), rate, direction, header)  # type: ignore[arg-type]  # checked against DIRECTIONS above
     if cmd == "disable":
         _check_keys(obj, ("cmd", "port"))
         return Disable(_port(obj))

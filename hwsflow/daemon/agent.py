@@ -203,7 +203,7 @@ class Agent:
             try:
                 await asyncio.wait_for(self._stop.wait(), PSAMPLE_RETRY)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     def _set_links(self, links: dict[int, Any]) -> None:
@@ -242,7 +242,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), TICK)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._send_finished(flush=True)
             self.rates.update(time.monotonic(), {i: s.samples for i, s in self.groups.sources.items()})
@@ -289,7 +289,7 @@ class Agent:
             delay = min(due.values(), default=now + interval) - time.monotonic()
             try:
                 await asyncio.wait_for(self._stop.wait(), max(delay, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _send_counters(self, ifindex: int, ifname: str) -> None:
@@ -350,7 +350,7 @@ class Agent:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if self._stop.is_set():
                 return

@@ -220,7 +220,7 @@ class PortManager:
     async def _uninstall(self, port: WatchedPort, spec: tc.FilterSpec) -> None:
         try:
             await self.rtnl.call(tc.uninstall, spec)
-        except Exception as err:  # keep removing the others: leave as little behind as possible
+        except Exception as err:  # noqa: BLE001 - keep removing the others: leave as little behind as possible
             log.error("port %s: cannot remove the %s filter: %s", port.ifname, spec.direction, err)
         self.groups.release(spec.ifindex, spec.direction)
 
@@ -322,7 +322,7 @@ class PortManager:
             if previous is ...:
                 del self.overrides[request.port]
             else:
-                self.overrides[request.port] = previous  # type: ignore[assignment]
+                self.overrides[request.port] = previous
             message = port.error if port is not None and port.error else f"port {request.port}: not sampled"
             await self.update_link(ifindex, link)
             raise RequestError(message)

@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.vm.guest import AgentProcess, sh  # noqa: E402
+from tests.vm.guest import AgentProcess, sh  # noqa: E402 - after the sys.path insert that lets the guest import tests.vm
 
 NS = "hvdemo"
 COLLECTOR_PORT = 16343

@@ -166,7 +166,7 @@ def scenario_metrics(rwdir: Path, out: dict) -> None:
         for tag in TAGS:
             send_from_namespace(PEER, tag, FRAMES)
             res[f"frames_{tag}_wait_s"] = wait_for(
-                lambda: all(collector.seen(k, tag) >= everything for k in ("v4", "v6")),  # noqa: B023
+                lambda: all(collector.seen(k, tag) >= everything for k in ("v4", "v6")),  # noqa: B023 - called at once, within this iteration
                 TRAFFIC_DEADLINE, f"every frame of round {tag} at both collectors")
         wait_for(lambda: _collector(_polled(), REFUSED)["errors"] > 0, TRAFFIC_DEADLINE,
                  "an error on the refused collector")

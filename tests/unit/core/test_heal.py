@@ -74,13 +74,13 @@ def test_a_port_that_stays_unsampled_is_an_error_once_per_condition_and_its_reco
     now = 0.0
     lines = [heals.failed(3, VANISHED, now)]
     while now < STUCK_AFTER + 30:
-        now += heals.next_at() - now  # type: ignore[operator]
+        now += heals.next_at() - now  # type: ignore[operator]  # a heal is pending here, so next_at() is a time
         heals.due(now)
         lines.append(heals.failed(3, VANISHED, now))
     said = [line for line in lines if line is not None]
     assert [line.level for line in said] == [logging.INFO, logging.ERROR]
     assert "stays unsampled" in said[1].message
-    assert heals.next_at() - now == RETRY_MAX  # type: ignore[operator]
+    assert heals.next_at() - now == RETRY_MAX  # type: ignore[operator]  # a heal is pending here, so next_at() is a time
     other = heals.failed(3, "port p0: cannot reinstall the ingress filter: No such device", now)
     assert other is not None and other.level == logging.ERROR  # another condition: said too
     recovered = heals.healed(3, "p0")

@@ -41,7 +41,7 @@ class FakeRtnl:
 def test_a_filter_lost_to_a_race_stays_wanted_and_is_healed(caplog):
     config = parse_config("targets: [192.0.2.10]\nports:\n  - name: eth0\n")
     rtnl = FakeRtnl()
-    ports = PortManager(config, rtnl, GroupTable(config.group_base), RateLimiter())  # type: ignore[arg-type]
+    ports = PortManager(config, rtnl, GroupTable(config.group_base), RateLimiter())  # type: ignore[arg-type]  # a fake rtnetlink worker
     caplog.set_level(logging.INFO, logger="hwsflow")
 
     async def run():

@@ -26,6 +26,7 @@ from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
 from hwsflow.core.config import Config, ConfigError, load_config
 from hwsflow.core.heal import SETTLE, HealSchedule
 from hwsflow.core.model import U32_MAX, LinkInfo, LogLine
+from hwsflow.core.missing_ports import MissingPorts
 from hwsflow.core.psample_state import PsampleAvailability
 from hwsflow.core.reload import AgentIdentity, plan_reload, sequence_carries
 from hwsflow.core.control import Disable, Enable, Request, RequestError, Status, error_reply, ok_reply
@@ -94,6 +95,7 @@ class Agent:
         self._rxbuf = RecvBuffer()  # written for speed: up to 128 psample messages per recvmmsg call
         self._evbuf = bytearray(1 << 16)
         self.psample_state = PsampleAvailability(time.monotonic())
+        self.missing = MissingPorts()  # named ports not there yet: INFO, ERROR only when one stays away
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)
@@ -122,10 +124,7 @@ class Agent:
             self._set_links(links)
             await self.ports.reconcile(links)
             await self.ports.remove_stale()
-        present = {link.ifname for link in links.values()}
-        for name in self.config.named_ports():
-            if name not in present:
-                log.error("port %s: no such interface; sampled as soon as it appears", name)
+        self._expect_named_ports()
         self._schedule_retries()
         await self.control.start()
         log.info("sampling %d ports through %d psample groups; control socket %s", len(self.groups.sources),
@@ -133,6 +132,13 @@ class Agent:
         log.info("sample path: %s", self.sample_path)
         if not psample_ready:
             self._try_psample()  # installing a sample filter has loaded the module, usually
+
+    def _present_names(self) -> list[str]:
+        return [link.ifname for link in self.ports.links.values()]
+
+    def _expect_named_ports(self) -> None:
+        for line in self.missing.expect(self.config.named_ports(), self._present_names(), time.monotonic()):
+            _say(line)
 
     async def _open_output(self, config: Config) -> None:
         """Agent address, collectors (names resolved now) and the datagram builder, for config."""
@@ -248,6 +254,8 @@ class Agent:
             self.rates.update(time.monotonic(), {i: s.samples for i, s in self.groups.sources.items()})
             self._warn_collectors()
             self._check_lost_events()
+            for line in self.missing.check(self._present_names(), time.monotonic()):
+                _say(line)
 
     def _check_lost_events(self) -> None:
         """rtnetlink events the kernel could not queue: whatever they said, a full reconcile finds."""
@@ -479,6 +487,7 @@ class Agent:
             self._set_links(links)
             await self.ports.reconcile(links)
             self._schedule_retries()
+            self._expect_named_ports()
         self.reloads["applied"] += 1
         log.info("%s", plan.summary(new.path))
 

@@ -60,7 +60,9 @@ def test_psample_loaded_after_the_start_and_a_port_that_did_not_exist(faults, se
     case = faults["psample_late"]
     assert not case["psample_loaded_before"] and not case["psample_loaded_at_ready"]
     assert case["psample_before"] == "waiting for the psample module"
-    assert "port ghost0: no such interface; sampled as soon as it appears" in case["log"]
+    # a named port missing at start is on its way as often as not: INFO, never an ERROR before the grace
+    assert "INFO port ghost0: no such interface; sampled as soon as it appears" in case["log"]
+    assert "ERROR port ghost0" not in case["log"]
     # no filter could load psample before the port appeared, and the port's filter did: no ERROR about it
     assert "INFO psample is not loaded yet" in case["log"] and "modprobe psample" not in case["log"]
     # the port's filter loads the module; the agent joins psample without waiting for its retry timer

@@ -4,7 +4,7 @@ Unlike the atheris targets this one is a native binary: fuzz/fastpath_fuzz.c lin
 hwsflow/core/fastpath_core.c, built by clang (Debian's, installed by tools/setup-test-env) into the work
 directory.  The layouts come from the Python tables through a generated header, as the CPython glue
 takes them at start.  What it checks is in the harness's opening comment; that the compiled and the
-Python path give the same results is checked by the psample target and tests/test_fastpath.py.
+Python path give the same results is checked by the psample target and tests/unit/core/test_fastpath.py.
 
     python -m fuzz.run fastpath --seconds 600
 """

@@ -1,6 +1,6 @@
 /* See fastpath_core.h.  The Python reference of each function: hws_decode is psample.fast_decode,
  * hws_account GroupBinding.account (with DataSource.add_lost), hws_pack DatagramBuilder.add_flow_sample's
- * compact case; tests/test_fastpath_equal.py holds them equal. */
+ * compact case; tests/unit/core/test_fastpath.py holds them equal. */
 #include "fastpath_core.h"
 
 #include <string.h>

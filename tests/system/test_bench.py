@@ -23,7 +23,7 @@ REPORT_NUMBERS = ("samples_per_s", "ceiling_per_s", "ratio", "offered_per_s", "l
 @pytest.fixture(scope="module")
 def tiny_run():
     if os.geteuid() != 0:
-        pytest.fail("tests/test_bench.py needs root: the benchmark unicasts netlink messages to another "
+        pytest.fail("tests/system/test_bench.py needs root: the benchmark unicasts netlink messages to another "
                     "process's socket (CI runs as root)")
     options = bench.Options(runs=1, samples=3000, offered=5000, duration=0.4, keep_datagrams=True)
     return bench.measure(options)

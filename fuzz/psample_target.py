@@ -202,7 +202,7 @@ def seeds() -> list[bytes]:
     build = psample.build_message
     usual = build(kernel_sample(), FAMILY)
     every = build(kernel_sample(group=EGRESS_GROUP, oif=9, out_tc=1, out_tc_occ=5, latency=7, probability=True,
-                                cookie=b"hwsflow\x01", tunnel={"id": b"\0" * 8, "ttl": b"\x40"}), FAMILY)
+                                cookie=b"hwsflow\x01", tunnel=psample.TunnelKey(id=0, ttl=64)), FAMILY)
     foreign = build(kernel_sample(group=77), FAMILY)
     notice = bytearray(usual)
     notice[NLMSG_HDR.size] = psample.CMD_NEW_GROUP

@@ -54,12 +54,25 @@ _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
-# tunnel key attributes worth naming (uapi psample_tunnel_key_attr)
-_TUNNEL_NAMES = {
-    0: "id", 1: "ipv4_src", 2: "ipv4_dst", 3: "tos", 4: "ttl", 5: "dont_fragment",
-    6: "csum", 7: "oam", 8: "geneve_opts", 9: "tp_src", 10: "tp_dst", 11: "vxlan_opts",
-    12: "ipv6_src", 13: "ipv6_dst", 15: "erspan_opts", 16: "ipv4_info_bridge",
-}
+# nested TUNNEL attributes (uapi enum psample_tunnel_key_attr)
+TUNNEL_ID = 0
+TUNNEL_IPV4_SRC = 1
+TUNNEL_IPV4_DST = 2
+TUNNEL_TOS = 3
+TUNNEL_TTL = 4
+TUNNEL_DONT_FRAGMENT = 5
+TUNNEL_CSUM = 6
+TUNNEL_OAM = 7
+TUNNEL_GENEVE_OPTS = 8
+TUNNEL_TP_SRC = 9
+TUNNEL_TP_DST = 10
+TUNNEL_VXLAN_OPTS = 11
+TUNNEL_IPV6_SRC = 12
+TUNNEL_IPV6_DST = 13
+TUNNEL_PAD = 14
+TUNNEL_ERSPAN_OPTS = 15
+TUNNEL_IPV4_INFO_BRIDGE = 16
+
 # fixed-size attributes: (attribute, wire struct, Sample field)
 _SCALARS: dict[int, tuple[struct.Struct, str]] = {
     ATTR_IIFINDEX: (_U16, "iif"),
@@ -75,6 +88,103 @@ _SCALARS: dict[int, tuple[struct.Struct, str]] = {
     ATTR_TIMESTAMP: (_U64, "timestamp"),
     ATTR_PROTO: (_U16, "proto"),
 }
+
+
+@dataclass(slots=True, frozen=True)
+class TunnelKey:
+    """psample's nested TUNNEL attribute: the tunnel key the sampled packet carries.
+
+    After a metadata-mode tunnel device decapsulated it, the tunnel it arrived on (src is the remote
+    end); at egress, the tunnel it is about to take.  None and False: the kernel sent no such
+    attribute (it leaves out a zero TOS, zero ports, and absent addresses).  Addresses are in network
+    order as sent; the id is the kernel's be64 tunnel id read as a number (a VXLAN or Geneve VNI).
+    """
+
+    id: int | None = None
+    ipv4_src: bytes | None = None
+    ipv4_dst: bytes | None = None
+    ipv6_src: bytes | None = None
+    ipv6_dst: bytes | None = None
+    tos: int | None = None
+    ttl: int | None = None
+    tp_src: int | None = None  # outer UDP ports
+    tp_dst: int | None = None
+    dont_fragment: bool = False
+    csum: bool = False
+    oam: bool = False
+    ipv4_info_bridge: bool = False
+    geneve_opts: bytes | None = None
+    vxlan_opts: bytes | None = None
+    erspan_opts: bytes | None = None
+    unknown: tuple[int, ...] = ()  # nested types skipped
+
+
+_BE16 = struct.Struct(">H")
+_BE64 = struct.Struct(">Q")
+_U8 = struct.Struct("B")
+# nested TUNNEL attributes of fixed size: (wire struct, or a byte count for addresses, TunnelKey field)
+_TUNNEL_FIXED: dict[int, tuple[struct.Struct | int, str]] = {
+    TUNNEL_ID: (_BE64, "id"),
+    TUNNEL_IPV4_SRC: (4, "ipv4_src"), TUNNEL_IPV4_DST: (4, "ipv4_dst"),
+    TUNNEL_IPV6_SRC: (16, "ipv6_src"), TUNNEL_IPV6_DST: (16, "ipv6_dst"),
+    TUNNEL_TOS: (_U8, "tos"), TUNNEL_TTL: (_U8, "ttl"),
+    TUNNEL_TP_SRC: (_BE16, "tp_src"), TUNNEL_TP_DST: (_BE16, "tp_dst"),
+}
+_TUNNEL_FLAGS = {TUNNEL_DONT_FRAGMENT: "dont_fragment", TUNNEL_CSUM: "csum", TUNNEL_OAM: "oam",
+                 TUNNEL_IPV4_INFO_BRIDGE: "ipv4_info_bridge"}
+_TUNNEL_OPAQUE = {TUNNEL_GENEVE_OPTS: "geneve_opts", TUNNEL_VXLAN_OPTS: "vxlan_opts",
+                  TUNNEL_ERSPAN_OPTS: "erspan_opts"}
+
+
+def decode_tunnel(buf: bytes | bytearray | memoryview, start: int, end: int) -> TunnelKey:
+    """The nested attributes of TUNNEL in buf[start:end]; MalformedMessage for a short fixed-size one."""
+    fields: dict[str, object] = {}
+    unknown = []
+    for nested, value_start, value_end in iter_attrs(buf, start, end):
+        fixed = _TUNNEL_FIXED.get(nested)
+        if fixed is not None:
+            wire, name = fixed
+            size = wire if isinstance(wire, int) else wire.size
+            if value_end - value_start < size:
+                raise MalformedMessage(f"tunnel attribute {nested} is {value_end - value_start} bytes, needs {size}")
+            fields[name] = (bytes(buf[value_start:value_start + size]) if isinstance(wire, int)
+                            else wire.unpack_from(buf, value_start)[0])
+        elif nested in _TUNNEL_FLAGS:
+            fields[_TUNNEL_FLAGS[nested]] = True
+        elif nested in _TUNNEL_OPAQUE:
+            fields[_TUNNEL_OPAQUE[nested]] = bytes(buf[value_start:value_end])
+        elif nested != TUNNEL_PAD:
+            unknown.append(nested)  # newer kernels may add attributes: skip, never fail
+    return TunnelKey(unknown=tuple(unknown), **fields)  # type: ignore[arg-type]
+
+
+def build_tunnel(key: TunnelKey) -> bytes:
+    """The nested attributes of TUNNEL in the kernel's order of emission (__psample_ip_tun_to_nlattr)."""
+    parts = []
+    if key.id is not None:
+        parts.append(attr(TUNNEL_ID, _BE64.pack(key.id)))
+    if key.ipv4_info_bridge:
+        parts.append(attr(TUNNEL_IPV4_INFO_BRIDGE, b""))
+    for nested, value in ((TUNNEL_IPV4_SRC, key.ipv4_src), (TUNNEL_IPV4_DST, key.ipv4_dst),
+                          (TUNNEL_IPV6_SRC, key.ipv6_src), (TUNNEL_IPV6_DST, key.ipv6_dst)):
+        if value is not None:
+            parts.append(attr(nested, value))
+    for nested, value, wire in ((TUNNEL_TOS, key.tos, _U8), (TUNNEL_TTL, key.ttl, _U8)):
+        if value is not None:
+            parts.append(attr(nested, wire.pack(value)))
+    for nested, flag in ((TUNNEL_DONT_FRAGMENT, key.dont_fragment), (TUNNEL_CSUM, key.csum)):
+        if flag:
+            parts.append(attr(nested, b""))
+    for nested, value in ((TUNNEL_TP_SRC, key.tp_src), (TUNNEL_TP_DST, key.tp_dst)):
+        if value is not None:
+            parts.append(attr(nested, _BE16.pack(value)))
+    if key.oam:
+        parts.append(attr(TUNNEL_OAM, b""))
+    for nested, opts in ((TUNNEL_GENEVE_OPTS, key.geneve_opts), (TUNNEL_VXLAN_OPTS, key.vxlan_opts),
+                         (TUNNEL_ERSPAN_OPTS, key.erspan_opts)):
+        if opts is not None:
+            parts.append(attr(nested, opts))
+    return b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -96,7 +206,7 @@ class Sample:
     timestamp: int | None = None
     proto: int | None = None
     cookie: bytes | None = None
-    tunnel: dict[str, bytes] | None = None
+    tunnel: TunnelKey | None = None
     unknown: list[int] = field(default_factory=list)  # attribute types skipped
 
     @property
@@ -146,9 +256,7 @@ def _apply_attr(sample: Sample, attr_type: int, buf: Buffer, start: int, end: in
     elif attr_type == ATTR_SAMPLE_PROBABILITY:
         sample.probability = True
     elif attr_type == ATTR_TUNNEL:
-        sample.tunnel = {
-            _TUNNEL_NAMES.get(t, str(t)): bytes(buf[s:e]) for t, s, e in iter_attrs(buf, start, end)
-        }
+        sample.tunnel = decode_tunnel(buf, start, end)
     elif attr_type != ATTR_PAD:
         sample.unknown.append(attr_type)  # newer kernels may add attributes: skip, never fail
 
@@ -277,9 +385,7 @@ def build_attrs(sample: Sample) -> bytes:
     if sample.data:
         parts.append(attr(ATTR_DATA, sample.data))
     if sample.tunnel is not None:
-        numbers = {name: number for number, name in _TUNNEL_NAMES.items()}
-        nested = b"".join(attr(numbers[k] if k in numbers else int(k), v) for k, v in sample.tunnel.items())
-        parts.append(attr(ATTR_TUNNEL, nested))
+        parts.append(attr(ATTR_TUNNEL, build_tunnel(sample.tunnel)))
     if sample.cookie:
         parts.append(attr(ATTR_USER_COOKIE, sample.cookie))
     if sample.probability:

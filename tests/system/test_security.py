@@ -64,7 +64,7 @@ def marked_messages() -> list[bytes]:
     NLMSG_HDR.pack_into(other_family, 0, len(usual), FAMILY + 1, 0, 0, 0)
     return [
         usual, with_marker(data=data, group=EGRESS_GROUP, oif=3, iif=7), with_marker(data=data, group=77),
-        with_marker(data=data, cookie=MARKER, tunnel={"id": MARKER, "200": MARKER}, out_tc=1, latency=5),
+        with_marker(data=data, cookie=MARKER, tunnel=psample.TunnelKey(id=int.from_bytes(MARKER[:8], "big"), geneve_opts=MARKER), out_tc=1, latency=5),
         bytes(bad_attr), bytes(notice), bytes(other_family), usual + with_marker(data=data, seq=9), bytes(cut_short),
     ]
 

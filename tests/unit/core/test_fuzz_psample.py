@@ -170,7 +170,7 @@ def test_an_overlong_scalar_reads_its_leading_bytes(attr_type):
 
 @pytest.mark.parametrize("attr_type, field, value", [
     (psample.ATTR_DATA, "data", b""), (psample.ATTR_USER_COOKIE, "cookie", b""),
-    (psample.ATTR_TUNNEL, "tunnel", {}), (psample.ATTR_SAMPLE_PROBABILITY, "probability", True),
+    (psample.ATTR_TUNNEL, "tunnel", psample.TunnelKey()), (psample.ATTR_SAMPLE_PROBABILITY, "probability", True),
     (psample.ATTR_PAD, "unknown", []), (200, "unknown", [200]),
 ])
 def test_zero_length_attributes_that_may_be_empty(attr_type, field, value):
@@ -188,7 +188,7 @@ def test_nested_garbage_is_a_tunnel_or_malformed(tunnel):
     except MalformedMessage as err:
         assert "attribute" in str(err) or "trailing bytes" in str(err)
     else:
-        assert isinstance(sample.tunnel, dict)
+        assert isinstance(sample.tunnel, psample.TunnelKey)
 
 
 @pytest.mark.parametrize("length", [0, 1, 3])

@@ -24,7 +24,7 @@ def test_general_parser_reads_every_attribute():
     sample = psample.Sample(
         group=7, seq=0xFFFFFFFF, raw_rate=1 << 31, probability=True, orig_size=1514, iif=0xFFFF, oif=2,
         data=b"\xaa" * 13, refcount=None, out_tc=5, out_tc_occ=1 << 40, latency=12345, timestamp=99,
-        proto=0x86DD, cookie=b"hwsflow\x01\0\0\0\7", tunnel={"id": b"\0" * 7 + b"\x2a", "ttl": b"\x40"},
+        proto=0x86DD, cookie=b"hwsflow\x01\0\0\0\7", tunnel=psample.TunnelKey(id=42, ttl=64),
     )
     decoded = psample.decode_sample(psample.build_message(sample, FAMILY))
     assert decoded == sample

@@ -28,6 +28,7 @@ from hwsflow.wire.sflow import (
 from hwsflow.core import fastpath
 from hwsflow.core.datasource import GroupBinding
 from hwsflow.core.groups import GroupTable
+from hwsflow.core.tunnels import tunnel_records
 from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, Buffer, MalformedMessage, message_extent
 
 if TYPE_CHECKING:
@@ -198,6 +199,9 @@ class SamplePipeline:
             return
         # psample's queue metadata (OUT_TC, OUT_TC_OCC, LATENCY), where the driver supplied it
         extra, extra_count = encode_queue_records(sample.out_tc, sample.out_tc_occ, sample.latency)
+        if sample.tunnel is not None:  # TUNNEL follows DATA: these samples always come this way
+            tunnel, tunnel_count = tunnel_records(sample.tunnel, binding.direction == "ingress")
+            extra, extra_count = tunnel + extra, tunnel_count + extra_count
         self._export(binding, uptime_ms, sample.seq, sample.rate, sample.orig_size, sample.iif, sample.data,
                      extra, extra_count)
 

@@ -362,3 +362,35 @@ def encode_queue_records(out_tc: int | None, occupancy: int | None, latency_ns: 
     if latency_ns is not None:
         parts.append(_U32_RECORD_PACK(TRANSIT_DELAY, 4, latency_ns if latency_ns < _U32_MASK else _U32_MASK))
     return b"".join(parts), len(parts)
+
+
+# sFlow Tunnel Structures (enterprise 0): the outer header of the tunnel a packet arrived on (ingress) or is
+# about to take (egress), each a sampled_ipv4 / sampled_ipv6 body, and the tunnel's VNI
+IPV4_TUNNEL_EGRESS = 1023
+IPV4_TUNNEL_INGRESS = 1024
+IPV6_TUNNEL_EGRESS = 1025
+IPV6_TUNNEL_INGRESS = 1026
+VNI_EGRESS = 1029
+VNI_INGRESS = 1030
+_SAMPLED_IPV4 = struct.Struct("!IIII4s4sIIII")  # tag, length; length, protocol, src, dst, ports, tcp_flags, tos
+_SAMPLED_IPV6 = struct.Struct("!IIII16s16sIIII")  # the same with 16-byte addresses and priority for tos
+
+
+def encode_tunnel_ip(ingress: bool, length: int, protocol: int, src: bytes, dst: bytes, src_port: int,
+                     dst_port: int, tcp_flags: int, tos: int) -> bytes:
+    """extended_ipv4_tunnel_ingress/egress (0:1024/0:1023) for 4-byte addresses, extended_ipv6_tunnel_* (0:1026/
+    0:1025) for 16-byte ones (tos goes into sampled_ipv6's priority), tag and length included."""
+    if len(src) == len(dst) == 4:
+        wire, tag = _SAMPLED_IPV4, IPV4_TUNNEL_INGRESS if ingress else IPV4_TUNNEL_EGRESS
+    elif len(src) == len(dst) == 16:
+        wire, tag = _SAMPLED_IPV6, IPV6_TUNNEL_INGRESS if ingress else IPV6_TUNNEL_EGRESS
+    else:
+        raise ValueError(f"tunnel addresses of {len(src)} and {len(dst)} bytes: both must be 4 or 16")
+    m = _U32_MASK
+    return wire.pack(tag, wire.size - 8, length & m, protocol & m, src, dst, src_port & m, dst_port & m,
+                     tcp_flags & m, tos & m)
+
+
+def encode_vni(ingress: bool, vni: int) -> bytes:
+    """extended_vni_ingress (0:1030) or extended_vni_egress (0:1029), tag and length included."""
+    return _U32_RECORD_PACK(VNI_INGRESS if ingress else VNI_EGRESS, 4, vni & _U32_MASK)

@@ -90,7 +90,43 @@ EgressQueue = Struct("queue" / Int32ub, Terminated)  # 0:1036, egress queue numb
 TransitDelay = Struct("delay" / Int32ub, Terminated)  # 0:1039, ns; 0xFFFFFFFF means that much or more
 QueueDepth = Struct("depth" / Int32ub, Terminated)  # 0:1040, bytes queued ahead of the packet
 
-FlowRecord = _tagged({1: SampledHeader, 1036: EgressQueue, 1039: TransitDelay, 1040: QueueDepth})
+# sFlow Tunnel Structures: the outer header of the tunnel the packet arrived on (ingress) or is about to take
+# (egress), as sampled_ipv4 (0:3) / sampled_ipv6 (0:4); the inner header's offset; the VNI
+# "ip_length" is the spec's `length` (of the IP packet), renamed apart from the record's own length
+SampledIPv4 = Struct(
+    "ip_length" / Int32ub,
+    "protocol" / Int32ub,
+    "src_ip" / Bytes(4),
+    "dst_ip" / Bytes(4),
+    "src_port" / Int32ub,
+    "dst_port" / Int32ub,
+    "tcp_flags" / Int32ub,
+    "tos" / Int32ub,
+    Terminated,
+)
+SampledIPv6 = Struct(
+    "ip_length" / Int32ub,
+    "protocol" / Int32ub,
+    "src_ip" / Bytes(16),
+    "dst_ip" / Bytes(16),
+    "src_port" / Int32ub,
+    "dst_port" / Int32ub,
+    "tcp_flags" / Int32ub,
+    "priority" / Int32ub,
+    Terminated,
+)
+Decapsulate = Struct("inner_header_offset" / Int32ub, Terminated)
+Vni = Struct("vni" / Int32ub, Terminated)
+# (enterprise 0) format -> (direction, structure) of the tunnel records
+TUNNEL_RECORDS = {
+    1023: ("egress", SampledIPv4), 1024: ("ingress", SampledIPv4),
+    1025: ("egress", SampledIPv6), 1026: ("ingress", SampledIPv6),
+    1027: ("egress", Decapsulate), 1028: ("ingress", Decapsulate),
+    1029: ("egress", Vni), 1030: ("ingress", Vni),
+}
+
+FlowRecord = _tagged({1: SampledHeader, 1036: EgressQueue, 1039: TransitDelay, 1040: QueueDepth,
+                      **{fmt: body for fmt, (_, body) in TUNNEL_RECORDS.items()}})
 
 # --- counter records ------------------------------------------------------
 
@@ -213,6 +249,9 @@ def _record_dict(rec: Any) -> dict[str, Any]:
     out.update(_fields(rec.data))
     if "name" in out:  # port name: XDR strings carry UTF-8
         out["name"] = out["name"].decode("utf-8", "replace")
+    for side in ("src_ip", "dst_ip"):  # tunnel addresses as text
+        if side in out:
+            out[side] = str(ipaddress.ip_address(bytes(out[side])))
     return out
 
 
@@ -320,9 +359,25 @@ def _format_flow(s: dict[str, Any]) -> str:
         elif (rec["enterprise"], rec["format"]) in _QUEUE_RECORDS:
             name, key, unit = _QUEUE_RECORDS[(rec["enterprise"], rec["format"])]
             parts.append(f"{name}={rec[key]}{unit}")
+        elif rec["enterprise"] == 0 and rec["format"] in TUNNEL_RECORDS:
+            parts.append(_format_tunnel(rec))
         else:
             parts.append(f"record {rec['enterprise']}:{rec['format']} len={rec['length']}")
     return " ".join(parts)
+
+
+def _format_tunnel(rec: dict[str, Any]) -> str:
+    direction = TUNNEL_RECORDS[rec["format"]][0]
+    if "vni" in rec:
+        return f"vni-{direction}={rec['vni']}"
+    if "inner_header_offset" in rec:
+        return f"decap-{direction} inner_offset={rec['inner_header_offset']}"
+    src, dst = rec["src_ip"], rec["dst_ip"]
+    if ":" in src:
+        src, dst = f"[{src}]", f"[{dst}]"
+    tos = rec["tos"] if "tos" in rec else rec["priority"]
+    return (f"tunnel-{direction} proto={rec['protocol']} {src}:{rec['src_port']}>{dst}:{rec['dst_port']} "
+            f"tos={tos} len={rec['ip_length']} flags={rec['tcp_flags']}")
 
 
 def _format_counter_record(rec: dict[str, Any]) -> str:

@@ -66,6 +66,10 @@ _RECORD_FIELDS = {
 _SAMPLE_MARK = "sflow_245.sampletype"
 _RECORD_MARKS = ("sflow_245.flow_record_format", "sflow_245.counters_record_format")
 _SKIP = ("sflow_245.header_tree",)  # tshark's decode of the sampled packet itself
+# Flow records tshark 4.0 does not decode (the tunnel structures, the queue extension): it reads their format and
+# length but does not step over their bodies, so it reads the next record from inside the body.  The first
+# such record of a sample is compared; the records after it are not (their count still is).
+TSHARK_UNDECODED = frozenset({1023, 1024, 1025, 1026, 1027, 1028, 1029, 1030, 1036, 1039, 1040})
 
 Pairs = list[tuple[str, Any]]
 
@@ -175,7 +179,11 @@ def _expected(ref: dict[str, Any]) -> dict[str, Any]:
                 if key in s:
                     sample[key] = s[key]
             sample["record_count"] = len(s["records"])
-            sample["records"] = [_expected_record(r) for r in s["records"]]
+            sample["records"] = []
+            for r in s["records"]:
+                sample["records"].append(_expected_record(r))
+                if s["kind"] == "flow" and r["enterprise"] == 0 and r["format"] in TSHARK_UNDECODED:
+                    break
         samples.append(sample)
     return {
         "sequence_number": ref["sequence_number"],
@@ -218,7 +226,8 @@ def cross_check(payloads: list[bytes]) -> list[dict[str, Any]]:
     Compared: datagram sequence, uptime, agent, sample count; per sample its
     format, length, sequence, source id, rate, pool, drops, input, output and
     record count; per record its format and length, and for raw packet
-    headers frame_length, stripped, header length and bytes.
+    headers frame_length, stripped, header length and bytes, up to the first
+    record tshark does not decode (TSHARK_UNDECODED).
     """
     seen = tshark_decode(payloads)
     if len(seen) != len(payloads):
@@ -231,7 +240,11 @@ def cross_check(payloads: list[bytes]) -> list[dict[str, Any]]:
         except ValueError as exc:
             problems.append(f"datagram {i}: sflow_ref: {exc}")
             continue
-        _diff(f"datagram {i}", _expected(ref), view, problems)
+        want = _expected(ref)
+        got = {**view, "samples": [
+            {**g, "records": g["records"][:len(w["records"])]} if "records" in w and "records" in g else g
+            for w, g in zip(want["samples"], view["samples"])] + view["samples"][len(want["samples"]):]}
+        _diff(f"datagram {i}", want, got, problems)
     if problems:
         raise AssertionError("tshark disagrees:\n" + "\n".join(problems))
     return seen

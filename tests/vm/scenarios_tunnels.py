@@ -1,0 +1,265 @@
+"""Guest side of the tunnel scenarios: overlay traffic on metadata-mode VXLAN and Geneve devices.
+
+Run by tests/vm/scenarios.py in the shared boot; everything goes under
+out["tunnels"], and tests/vm/test_vm_tunnels.py judges it.
+
+The agent watches two metadata-mode devices in the root namespace, TUN_VXLAN
+(`type vxlan external`, UDP 4789) and TUN_GENEVE (`type geneve external`, UDP
+6081), at 1-in-1, both directions.  Across the UNDERLAY veth pair, namespace TNS
+holds one ordinary (single-VNI) VXLAN or Geneve device per stream in STREAMS:
+two tenants, each with its own VNI and its own outer source address, over IPv4
+and IPv6 outer headers, on both encapsulations; tenant B's devices also set an
+outer TOS.  Test frames sent out of those devices arrive encapsulated, are
+decapsulated by the agent's devices and sampled at their ingress with the
+tunnel key.  For egress, frames from TNS enter EGRESS_PORT, whose tc filter
+sets a tunnel key (`tunnel_key set`) and redirects them out of a tunnel device:
+sampled there, at egress, before encapsulation.
+
+Everything this module creates is removed at its end, the UDP 4789 and 6081
+sockets included, so that later scenarios (Open vSwitch's vxlan_sys_4789) can
+bind them.
+
+Run as `python -m tests.vm.scenarios_tunnels COUNT DEVICE:TAG ...` inside TNS to
+send COUNT test frames (tests/vm/frames.py) out of each device.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.vm import frames
+from tests.vm.guest import COLLECTOR_V4, COLLECTOR_V6, TRAFFIC_DEADLINE, AgentProcess, Collector, ifindex, sh, wait_for
+
+TNS = "hvtn"
+TUN_VXLAN, TUN_GENEVE = "hvxl0", "hgnv0"
+UNDERLAY, UNDERLAY_PEER = "hsu0", "hsu0x"
+EGRESS_PORT, EGRESS_PEER = "hse0", "hse0x"
+# each tenant's outer addresses: its own in TNS, and its own on the agent's side (a route in TNS picks the
+# source, which Geneve devices cannot be given)
+TENANT_V4 = {"a": "10.99.0.2", "b": "10.99.0.3"}
+TENANT_V6 = {"a": "fd99::2", "b": "fd99::3"}
+ROOT_V4 = {"a": "10.99.0.1", "b": "10.99.0.4"}
+ROOT_V6 = {"a": "fd99::1", "b": "fd99::4"}
+TENANT_TOS = {"a": 0, "b": 0x10}  # 0 is left out of the kernel's key: it must come out as 0
+DSTPORT = {"vxlan": 4789, "geneve": 6081}
+FRAMES = 20  # per stream, all sampled (1-in-1)
+GROUP_BASE = 3200  # apart from the other scenarios' groups
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One tenant's traffic over one encapsulation and outer family, from its own device in TNS."""
+
+    tag: int
+    device: str  # in TNS
+    kind: str  # vxlan or geneve
+    family: int  # outer IP version
+    tenant: str
+    vni: int
+    src: str  # outer source (the tenant's address in TNS) and destination (the agent's side)
+    dst: str
+    tos: int
+
+    @property
+    def port(self) -> str:
+        """The agent's device that decapsulates this stream."""
+        return TUN_VXLAN if self.kind == "vxlan" else TUN_GENEVE
+
+
+def _streams() -> list[Stream]:
+    found = []
+    for kind in ("vxlan", "geneve"):
+        for family in (4, 6):
+            for tenant, vni in (("a", 100 if kind == "vxlan" else 300), ("b", 200 if kind == "vxlan" else 400)):
+                found.append(Stream(
+                    tag=40 + len(found), device=f"ht{kind[0]}{family}{tenant}", kind=kind, family=family,
+                    tenant=tenant, vni=vni, src=(TENANT_V4 if family == 4 else TENANT_V6)[tenant],
+                    dst=(ROOT_V4 if family == 4 else ROOT_V6)[tenant], tos=TENANT_TOS[tenant]))
+    return found
+
+
+STREAMS = _streams()
+
+
+@dataclass(frozen=True)
+class EgressStream:
+    """Frames entering EGRESS_PORT, given a tunnel key by tc and sent out of `port`: sampled at its egress."""
+
+    tag: int
+    port: str
+    vni: int
+    src: str
+    dst: str
+    dst_port: int
+
+
+EGRESS = [EgressStream(60, TUN_VXLAN, 500, ROOT_V4["a"], TENANT_V4["a"], 4789),
+          EgressStream(61, TUN_GENEVE, 600, ROOT_V6["b"], TENANT_V6["b"], 6081)]
+
+
+def ns(*argv: str) -> str:
+    return sh("ip", "netns", "exec", TNS, *argv)
+
+
+def link_mac(name: str, run) -> str:
+    return json.loads(run("ip", "-j", "link", "show", name))[0]["address"]
+
+
+def setup() -> None:
+    sh("ip", "netns", "add", TNS)
+    # the underlay: IPv4 and IPv6 (no DAD: the addresses are usable at once)
+    sh("ip", "link", "add", UNDERLAY, "type", "veth", "peer", "name", UNDERLAY_PEER, "netns", TNS)
+    for address in ROOT_V4.values():
+        sh("ip", "addr", "add", f"{address}/24", "dev", UNDERLAY)
+    for address in ROOT_V6.values():
+        sh("ip", "addr", "add", f"{address}/64", "dev", UNDERLAY, "nodad")
+    sh("ip", "link", "set", UNDERLAY, "up")
+    for address in TENANT_V4.values():
+        ns("ip", "addr", "add", f"{address}/24", "dev", UNDERLAY_PEER)
+    for address in TENANT_V6.values():
+        ns("ip", "addr", "add", f"{address}/64", "dev", UNDERLAY_PEER, "nodad")
+    ns("ip", "link", "set", UNDERLAY_PEER, "up")
+    ns("ip", "link", "set", "lo", "up")
+    for tenant in TENANT_V4:
+        for root, own in ((ROOT_V4[tenant], TENANT_V4[tenant]), (ROOT_V6[tenant], TENANT_V6[tenant])):
+            ns("ip", "route", "add", root, "dev", UNDERLAY_PEER, "src", own)
+    # static neighbours: no frame waits for (or is dropped while) ARP or ND resolves
+    root_mac = link_mac(UNDERLAY, sh)
+    tenant_mac = link_mac(UNDERLAY_PEER, ns)
+    for address in [*ROOT_V4.values(), *ROOT_V6.values()]:
+        ns("ip", "neigh", "replace", address, "lladdr", root_mac, "dev", UNDERLAY_PEER, "nud", "permanent")
+    for address in [*TENANT_V4.values(), *TENANT_V6.values()]:
+        sh("ip", "neigh", "replace", address, "lladdr", tenant_mac, "dev", UNDERLAY, "nud", "permanent")
+    # the agent's side: metadata-mode devices, as Open vSwitch's vxlan_sys_4789 and genev_sys_6081 are
+    sh("ip", "link", "add", TUN_VXLAN, "type", "vxlan", "external", "dstport", str(DSTPORT["vxlan"]))
+    sh("ip", "link", "add", TUN_GENEVE, "type", "geneve", "external")
+    for port in (TUN_VXLAN, TUN_GENEVE):
+        sh("sysctl", "-qw", f"net.ipv6.conf.{port}.disable_ipv6=1")  # no router solicitations: test frames only
+        sh("ip", "link", "set", port, "up")
+    # the tenants' side: one single-VNI device per stream
+    for s in STREAMS:
+        ns("ip", "link", "add", s.device, "type", s.kind, "id", str(s.vni), "remote", s.dst,
+           *(("local", s.src, "dstport", str(DSTPORT["vxlan"])) if s.kind == "vxlan" else ()),
+           *(("tos", hex(s.tos)) if s.tos else ()))
+        ns("sysctl", "-qw", f"net.ipv6.conf.{s.device}.disable_ipv6=1")
+        ns("ip", "link", "set", s.device, "up")
+    # egress: EGRESS_PORT's ingress gives each stream's frames a tunnel key and sends them out of its device
+    sh("ip", "link", "add", EGRESS_PORT, "type", "veth", "peer", "name", EGRESS_PEER, "netns", TNS)
+    sh("sysctl", "-qw", f"net.ipv6.conf.{EGRESS_PORT}.disable_ipv6=1")
+    ns("sysctl", "-qw", f"net.ipv6.conf.{EGRESS_PEER}.disable_ipv6=1")
+    sh("ip", "link", "set", EGRESS_PORT, "up")
+    ns("ip", "link", "set", EGRESS_PEER, "up")
+    sh("tc", "qdisc", "add", "dev", EGRESS_PORT, "ingress")
+    for prio, e in enumerate(EGRESS, start=1):
+        # the frames' first payload bytes are frames.MAGIC and the tag: u32 matches them at offset 0 of the
+        # network header (ETHERTYPE is not IP, so the "network header" starts right after the Ethernet one)
+        sh("tc", "filter", "add", "dev", EGRESS_PORT, "ingress", "prio", str(prio), "protocol", "all",
+           "u32", "match", "u32", hex(int.from_bytes(frames.MAGIC, "big")), "0xffffffff", "at", "0",
+           "match", "u16", hex(e.tag), "0xffff", "at", "4",
+           "action", "tunnel_key", "set", "src_ip", e.src, "dst_ip", e.dst, "id", str(e.vni),
+           "dst_port", str(e.dst_port),
+           "action", "mirred", "egress", "redirect", "dev", e.port)
+
+
+def teardown() -> None:
+    """Remove everything setup() made; each step on its own, so one failure leaves no other thing behind."""
+    for argv in (("ip", "netns", "del", TNS), ("ip", "link", "del", TUN_VXLAN), ("ip", "link", "del", TUN_GENEVE),
+                 ("ip", "link", "del", UNDERLAY), ("ip", "link", "del", EGRESS_PORT)):
+        sh(*argv, check=False)
+
+
+def config() -> str:
+    return (
+        "agent: 192.0.2.1\n"
+        f"targets: ['{COLLECTOR_V4[0]}:{COLLECTOR_V4[1]}', '[{COLLECTOR_V6[0]}]:{COLLECTOR_V6[1]}']\n"
+        "sampling: 1\n"
+        "header: 128\n"
+        "polling: 0\n"
+        f"group_base: {GROUP_BASE}\n"
+        "ports:\n"
+        f"  - name: {TUN_VXLAN}\n    direction: both\n"
+        f"  - name: {TUN_GENEVE}\n    direction: both\n"
+    )
+
+
+def send_in_namespace(pairs: list[tuple[str, int]], count: int) -> None:
+    sh("ip", "netns", "exec", TNS, sys.executable, "-m", "tests.vm.scenarios_tunnels", str(count),
+       *(f"{device}:{tag}" for device, tag in pairs))
+
+
+def scenario_tunnels(rwdir: Path, out: dict) -> None:
+    """Two tenants' overlay traffic through the metadata-mode devices, sampled at ingress; and frames given
+    a tunnel key by tc, sampled at the devices' egress."""
+    result = out["tunnels"] = {
+        "streams": [asdict(s) for s in STREAMS], "egress": [asdict(e) for e in EGRESS], "frames": FRAMES}
+    started = time.monotonic()
+    try:
+        setup()
+        result["ifindex"] = {name: ifindex(name) for name in (TUN_VXLAN, TUN_GENEVE, EGRESS_PORT, UNDERLAY)}
+        result["links"] = {name: sh("ip", "-d", "link", "show", name) for name in (TUN_VXLAN, TUN_GENEVE)}
+        collector = Collector()
+        try:
+            agent = AgentProcess(rwdir, "tunnels", config())
+            try:
+                result["ready_s"] = agent.wait_ready()
+                send_in_namespace([(s.device, s.tag) for s in STREAMS], FRAMES)
+                send_in_namespace([(EGRESS_PEER, e.tag) for e in EGRESS], FRAMES)
+                everything = set(range(FRAMES))
+                tags = [s.tag for s in STREAMS] + [e.tag for e in EGRESS]
+                result["wait_s"] = wait_for(
+                    lambda: all(collector.seen(k, tag) >= everything for k in ("v4", "v6") for tag in tags),
+                    TRAFFIC_DEADLINE, "every tunnel frame's sample at both collectors")
+                result["tc"] = {name: sh("tc", "-s", "filter", "show", "dev", name, direction)
+                                for name in (TUN_VXLAN, TUN_GENEVE, EGRESS_PORT)
+                                for direction in ("ingress", "egress") if name != EGRESS_PORT or direction == "ingress"}
+            finally:
+                result["exit"] = agent.stop()
+                result["log"] = agent.log_path.read_text()
+        finally:
+            result["datagrams"] = collector.stop()
+    finally:
+        teardown()
+        result["left_behind"] = [name for name in (TUN_VXLAN, TUN_GENEVE, UNDERLAY, EGRESS_PORT)
+                                 if Path(f"/sys/class/net/{name}").exists()]
+        result["udp_bound"] = udp_bound(tuple(DSTPORT.values()))
+        result["elapsed_s"] = time.monotonic() - started
+
+
+def udp_bound(ports: tuple[int, ...]) -> list[int]:
+    """Which of the UDP ports something in this namespace still has a socket bound to."""
+    found = []
+    for port in ports:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                try:
+                    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+                except OSError:
+                    found.append(port)
+    return sorted(set(found))
+
+
+SCENARIOS = [scenario_tunnels]
+
+
+def send(count: int, pairs: list[str]) -> None:
+    """COUNT frames out of each DEVICE:TAG, interleaved, so that no stream waits for another."""
+    sockets = []
+    for pair in pairs:
+        device, tag = pair.rsplit(":", 1)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        sock.bind((device, 0))
+        sockets.append((sock, int(tag)))
+    for index in range(count):
+        for sock, tag in sockets:
+            sock.send(frames.make_frame(tag, index))
+    for sock, _ in sockets:
+        sock.close()
+
+
+if __name__ == "__main__":
+    send(int(sys.argv[1]), sys.argv[2:])

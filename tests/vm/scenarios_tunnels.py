@@ -15,9 +15,14 @@ tunnel key.  For egress, frames from TNS enter EGRESS_PORT, whose tc filter
 sets a tunnel key (`tunnel_key set`) and redirects them out of a tunnel device:
 sampled there, at egress, before encapsulation.
 
-Everything this module creates is removed at its end, the UDP 4789 and 6081
-sockets included, so that later scenarios (Open vSwitch's vxlan_sys_4789) can
-bind them.
+Then the real Open vSwitch (tests/vm/ovs.py, hw-offload on) with its own VXLAN
+port (`type=vxlan options:remote_ip=flow options:key=flow`): the agent samples
+the vxlan_sys_4789 device Open vSwitch made, while two more tenants (IPv4 and
+IPv6 outer) send through it; out["ovs_vxlan"].
+
+Each scenario removes everything it made, the UDP 4789 and 6081 sockets
+included (the second needs 4789 free), and Open vSwitch is stopped with its
+datapath deleted.
 
 Run as `python -m tests.vm.scenarios_tunnels COUNT DEVICE:TAG ...` inside TNS to
 send COUNT test frames (tests/vm/frames.py) out of each device.
@@ -173,7 +178,7 @@ def teardown() -> None:
         sh(*argv, check=False)
 
 
-def config() -> str:
+def config_for(ports: list[str], direction: str) -> str:
     return (
         "agent: 192.0.2.1\n"
         f"targets: ['{COLLECTOR_V4[0]}:{COLLECTOR_V4[1]}', '[{COLLECTOR_V6[0]}]:{COLLECTOR_V6[1]}']\n"
@@ -182,8 +187,7 @@ def config() -> str:
         "polling: 0\n"
         f"group_base: {GROUP_BASE}\n"
         "ports:\n"
-        f"  - name: {TUN_VXLAN}\n    direction: both\n"
-        f"  - name: {TUN_GENEVE}\n    direction: both\n"
+        + "".join(f"  - name: {port}\n    direction: {direction}\n" for port in ports)
     )
 
 
@@ -204,7 +208,7 @@ def scenario_tunnels(rwdir: Path, out: dict) -> None:
         result["links"] = {name: sh("ip", "-d", "link", "show", name) for name in (TUN_VXLAN, TUN_GENEVE)}
         collector = Collector()
         try:
-            agent = AgentProcess(rwdir, "tunnels", config())
+            agent = AgentProcess(rwdir, "tunnels", config_for([TUN_VXLAN, TUN_GENEVE], "both"))
             try:
                 result["ready_s"] = agent.wait_ready()
                 send_in_namespace([(s.device, s.tag) for s in STREAMS], FRAMES)
@@ -243,7 +247,82 @@ def udp_bound(ports: tuple[int, ...]) -> list[int]:
     return sorted(set(found))
 
 
-SCENARIOS = [scenario_tunnels]
+# Open vSwitch's own VXLAN port (remote_ip=flow, key=flow): its kernel device is a metadata-mode vxlan_sys_4789
+OVS_NS = "hvto"
+OVS_UNDERLAY, OVS_UNDERLAY_PEER = "hso0", "hso0x"
+OVS_BRIDGE, OVS_PORT = "br-hvt", "hvtvx"
+OVS_STREAMS = [
+    Stream(tag=70, device="hov4a", kind="vxlan", family=4, tenant="a", vni=700, src="10.98.0.2", dst="10.98.0.1", tos=0),
+    Stream(tag=71, device="hov6b", kind="vxlan", family=6, tenant="b", vni=800, src="fd98::3", dst="fd98::4",
+           tos=0x10),
+]
+
+
+def ovs_ns(*argv: str) -> str:
+    return sh("ip", "netns", "exec", OVS_NS, *argv)
+
+
+def setup_ovs_tenants() -> None:
+    """The tenants' namespace and underlay for the Open vSwitch scenario, one single-VNI device per stream."""
+    sh("ip", "netns", "add", OVS_NS)
+    sh("ip", "link", "add", OVS_UNDERLAY, "type", "veth", "peer", "name", OVS_UNDERLAY_PEER, "netns", OVS_NS)
+    for s in OVS_STREAMS:
+        plen = "24" if s.family == 4 else "64"
+        sh("ip", "addr", "add", f"{s.dst}/{plen}", "dev", OVS_UNDERLAY, *(("nodad",) if s.family == 6 else ()))
+        ovs_ns("ip", "addr", "add", f"{s.src}/{plen}", "dev", OVS_UNDERLAY_PEER, *(("nodad",) if s.family == 6 else ()))
+    sh("ip", "link", "set", OVS_UNDERLAY, "up")
+    ovs_ns("ip", "link", "set", OVS_UNDERLAY_PEER, "up")
+    root_mac, tenant_mac = link_mac(OVS_UNDERLAY, sh), link_mac(OVS_UNDERLAY_PEER, ovs_ns)
+    for s in OVS_STREAMS:
+        ovs_ns("ip", "neigh", "replace", s.dst, "lladdr", root_mac, "dev", OVS_UNDERLAY_PEER, "nud", "permanent")
+        sh("ip", "neigh", "replace", s.src, "lladdr", tenant_mac, "dev", OVS_UNDERLAY, "nud", "permanent")
+        ovs_ns("ip", "link", "add", s.device, "type", "vxlan", "id", str(s.vni), "remote", s.dst, "local", s.src,
+            "dstport", "4789", *(("tos", hex(s.tos)) if s.tos else ()))
+        ovs_ns("sysctl", "-qw", f"net.ipv6.conf.{s.device}.disable_ipv6=1")
+        ovs_ns("ip", "link", "set", s.device, "up")
+
+
+def scenario_ovs_vxlan(rwdir: Path, out: dict) -> None:
+    """Open vSwitch (hw-offload on) with a flow-based VXLAN port; the agent samples its vxlan_sys_4789."""
+    from tests.vm import ovs
+
+    result = out["ovs_vxlan"] = {"streams": [asdict(s) for s in OVS_STREAMS], "frames": FRAMES}
+    started = time.monotonic()
+    try:
+        setup_ovs_tenants()
+        result["ovs_start_s"] = ovs.start()
+        device = result["device"] = ovs.add_tunnel_port(OVS_BRIDGE, OVS_PORT, "vxlan", remote_ip="flow", key="flow")
+        result["ifindex"] = ifindex(device)
+        result["link"] = sh("ip", "-d", "link", "show", device)
+        collector = Collector()
+        try:
+            agent = AgentProcess(rwdir, "ovs_vxlan", config_for([device], "ingress"))
+            try:
+                result["ready_s"] = agent.wait_ready()
+                sh("ip", "netns", "exec", OVS_NS, sys.executable, "-m", "tests.vm.scenarios_tunnels", str(FRAMES),
+                   *(f"{s.device}:{s.tag}" for s in OVS_STREAMS))
+                everything = set(range(FRAMES))
+                result["wait_s"] = wait_for(
+                    lambda: all(collector.seen("v4", s.tag) >= everything for s in OVS_STREAMS),
+                    TRAFFIC_DEADLINE, "every frame through Open vSwitch's VXLAN port at the collector")
+                result["tc"] = sh("tc", "-s", "filter", "show", "dev", device, "ingress")
+                result["vsctl_show"] = ovs.vsctl("show")
+            finally:
+                result["exit"] = agent.stop()
+                result["log"] = agent.log_path.read_text()
+        finally:
+            result["datagrams"] = collector.stop()
+    finally:
+        try:
+            result["ovs_stop"] = ovs.stop()
+        finally:
+            sh("ip", "netns", "del", OVS_NS, check=False)
+            sh("ip", "link", "del", OVS_UNDERLAY, check=False)
+            result["udp_bound"] = udp_bound((4789,))
+            result["elapsed_s"] = time.monotonic() - started
+
+
+SCENARIOS = [scenario_tunnels, scenario_ovs_vxlan]
 
 
 def send(count: int, pairs: list[str]) -> None:

@@ -18,7 +18,9 @@ import sflow_check
 import tunnel_check
 from hwsflow.wire import sflow_ref
 from tests.vm import frames
-from tests.vm.scenarios_tunnels import EGRESS, FRAMES, STREAMS, TUN_GENEVE, TUN_VXLAN, DSTPORT, EGRESS_PORT
+from tests.vm.scenarios_tunnels import (
+    DSTPORT, EGRESS, EGRESS_PORT, FRAMES, OVS_BRIDGE, OVS_STREAMS, STREAMS, TUN_GENEVE, TUN_VXLAN,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +137,55 @@ def test_the_checks_fail_on_another_tenants_vni_or_address(by_tag, tunnels):
             check_stream(changed, source, [1024, 1030], expected)
     with pytest.raises(AssertionError):  # one frame missing
         check_stream(samples[1:], source, [1024, 1030], expected)
+
+
+# ---------------------------------------------------------------- Open vSwitch's own VXLAN port
+
+
+@pytest.fixture(scope="module")
+def ovs_vxlan(vm) -> dict:
+    assert "ovs_vxlan" in vm, vm["errors"]
+    return vm["ovs_vxlan"]
+
+
+@pytest.fixture(scope="module")
+def ovs_by_tag(ovs_vxlan) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = defaultdict(list)
+    for sample in tunnel_check.flow_samples([bytes.fromhex(d) for d in ovs_vxlan["datagrams"]["v4"]]):
+        found = frames.identify(sample["records"][0]["header"])
+        if found is not None:
+            sample["_index"] = found[1]
+            out[found[0]].append(sample)
+    return out
+
+
+def test_open_vswitch_ran_and_was_stopped_cleanly(vm, ovs_vxlan):
+    assert not [e for e in vm["errors"] if "ovs_vxlan" in e], vm["errors"]
+    assert ovs_vxlan["device"] == "vxlan_sys_4789" and "external" in ovs_vxlan["link"]
+    assert ovs_vxlan["exit"] == 0 and "Traceback" not in ovs_vxlan["log"]
+    stopped = ovs_vxlan["ovs_stop"]
+    assert stopped["bridges"] == [OVS_BRIDGE]
+    assert stopped["left"] == [] and stopped["daemons"] == [] and ovs_vxlan["udp_bound"] == []
+    assert stopped["log_errors"] == []
+
+
+@pytest.mark.parametrize("stream", OVS_STREAMS, ids=lambda s: s.device)
+def test_open_vswitch_vxlan_port_samples_carry_the_tunnel(ovs_vxlan, ovs_by_tag, stream):
+    expected = {"vni": stream.vni, "src_ip": stream.src, "dst_ip": stream.dst, "protocol": 17, "dst_port": 4789,
+                "tos" if stream.family == 4 else "priority": stream.tos}
+    check_stream(ovs_by_tag[stream.tag], ovs_vxlan["ifindex"], [1024 if stream.family == 4 else 1026, 1030],
+                 expected)
+
+
+def test_hwsflows_filter_runs_before_open_vswitchs_offloaded_decap_flows(ovs_vxlan):
+    """With hw-offload, Open vSwitch put its decapsulation flows on vxlan_sys_4789 as tc flower rules (at a
+    later priority); hwsflow's matchall at priority 1 saw every frame first."""
+    tc = ovs_vxlan["tc"]
+    assert "pref 1 matchall" in tc and f"rule hit {FRAMES * len(OVS_STREAMS)}" in tc
+    assert all(f"enc_key_id {s.vni}" in tc for s in OVS_STREAMS) and "flower" in tc
+
+
+def test_open_vswitch_datagrams_decode_cleanly(ovs_vxlan, tmp_path):
+    datagrams = [bytes.fromhex(d) for d in ovs_vxlan["datagrams"]["v4"]]
+    assert all(not v["problems"] for v in sflow_check.cross_check(datagrams))
+    tunnel_check.check_sfcapd(datagrams, tmp_path)

@@ -34,8 +34,10 @@ import json
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from tests.vm import frames
 from tests.vm.guest import COLLECTOR_V4, COLLECTOR_V6, TRAFFIC_DEADLINE, AgentProcess, Collector, ifindex, sh, wait_for
@@ -191,9 +193,32 @@ def config_for(ports: list[str], direction: str) -> str:
     )
 
 
-def send_in_namespace(pairs: list[tuple[str, int]], count: int) -> None:
-    sh("ip", "netns", "exec", TNS, sys.executable, "-m", "tests.vm.scenarios_tunnels", str(count),
+def send_in_namespace(namespace: str, pairs: list[tuple[str, int]]) -> None:
+    """FRAMES test frames out of each (device, tag) in the namespace."""
+    sh("ip", "netns", "exec", namespace, sys.executable, "-m", "tests.vm.scenarios_tunnels", str(FRAMES),
        *(f"{device}:{tag}" for device, tag in pairs))
+
+
+def wait_all_seen(collector: Collector, tags: list[int], which: tuple[str, ...]) -> float:
+    everything = set(range(FRAMES))
+    return wait_for(lambda: all(collector.seen(k, tag) >= everything for k in which for tag in tags),
+                    TRAFFIC_DEADLINE, f"every sample of the frames tagged {tags} at the collectors {which}")
+
+
+@contextmanager
+def agent_run(rwdir: Path, name: str, config: str, result: dict) -> Iterator[Collector]:
+    """A collector and a ready agent; both stopped whatever happens, the exit status, log and datagrams kept."""
+    collector = Collector()
+    try:
+        agent = AgentProcess(rwdir, name, config)
+        try:
+            result["ready_s"] = agent.wait_ready()
+            yield collector
+        finally:
+            result["exit"] = agent.stop()
+            result["log"] = agent.log_path.read_text()
+    finally:
+        result["datagrams"] = collector.stop()
 
 
 def scenario_tunnels(rwdir: Path, out: dict) -> None:
@@ -206,26 +231,14 @@ def scenario_tunnels(rwdir: Path, out: dict) -> None:
         setup()
         result["ifindex"] = {name: ifindex(name) for name in (TUN_VXLAN, TUN_GENEVE, EGRESS_PORT, UNDERLAY)}
         result["links"] = {name: sh("ip", "-d", "link", "show", name) for name in (TUN_VXLAN, TUN_GENEVE)}
-        collector = Collector()
-        try:
-            agent = AgentProcess(rwdir, "tunnels", config_for([TUN_VXLAN, TUN_GENEVE], "both"))
-            try:
-                result["ready_s"] = agent.wait_ready()
-                send_in_namespace([(s.device, s.tag) for s in STREAMS], FRAMES)
-                send_in_namespace([(EGRESS_PEER, e.tag) for e in EGRESS], FRAMES)
-                everything = set(range(FRAMES))
-                tags = [s.tag for s in STREAMS] + [e.tag for e in EGRESS]
-                result["wait_s"] = wait_for(
-                    lambda: all(collector.seen(k, tag) >= everything for k in ("v4", "v6") for tag in tags),
-                    TRAFFIC_DEADLINE, "every tunnel frame's sample at both collectors")
-                result["tc"] = {name: sh("tc", "-s", "filter", "show", "dev", name, direction)
-                                for name in (TUN_VXLAN, TUN_GENEVE, EGRESS_PORT)
-                                for direction in ("ingress", "egress") if name != EGRESS_PORT or direction == "ingress"}
-            finally:
-                result["exit"] = agent.stop()
-                result["log"] = agent.log_path.read_text()
-        finally:
-            result["datagrams"] = collector.stop()
+        with agent_run(rwdir, "tunnels", config_for([TUN_VXLAN, TUN_GENEVE], "both"), result) as collector:
+            send_in_namespace(TNS, [(s.device, s.tag) for s in STREAMS])
+            send_in_namespace(TNS, [(EGRESS_PEER, e.tag) for e in EGRESS])
+            result["wait_s"] = wait_all_seen(collector, [s.tag for s in STREAMS] + [e.tag for e in EGRESS],
+                                             ("v4", "v6"))
+            result["tc"] = {name: sh("tc", "-s", "filter", "show", "dev", name, direction)
+                            for name in (TUN_VXLAN, TUN_GENEVE, EGRESS_PORT)
+                            for direction in ("ingress", "egress") if name != EGRESS_PORT or direction == "ingress"}
     finally:
         teardown()
         result["left_behind"] = [name for name in (TUN_VXLAN, TUN_GENEVE, UNDERLAY, EGRESS_PORT)
@@ -294,24 +307,11 @@ def scenario_ovs_vxlan(rwdir: Path, out: dict) -> None:
         device = result["device"] = ovs.add_tunnel_port(OVS_BRIDGE, OVS_PORT, "vxlan", remote_ip="flow", key="flow")
         result["ifindex"] = ifindex(device)
         result["link"] = sh("ip", "-d", "link", "show", device)
-        collector = Collector()
-        try:
-            agent = AgentProcess(rwdir, "ovs_vxlan", config_for([device], "ingress"))
-            try:
-                result["ready_s"] = agent.wait_ready()
-                sh("ip", "netns", "exec", OVS_NS, sys.executable, "-m", "tests.vm.scenarios_tunnels", str(FRAMES),
-                   *(f"{s.device}:{s.tag}" for s in OVS_STREAMS))
-                everything = set(range(FRAMES))
-                result["wait_s"] = wait_for(
-                    lambda: all(collector.seen("v4", s.tag) >= everything for s in OVS_STREAMS),
-                    TRAFFIC_DEADLINE, "every frame through Open vSwitch's VXLAN port at the collector")
-                result["tc"] = sh("tc", "-s", "filter", "show", "dev", device, "ingress")
-                result["vsctl_show"] = ovs.vsctl("show")
-            finally:
-                result["exit"] = agent.stop()
-                result["log"] = agent.log_path.read_text()
-        finally:
-            result["datagrams"] = collector.stop()
+        with agent_run(rwdir, "ovs_vxlan", config_for([device], "ingress"), result) as collector:
+            send_in_namespace(OVS_NS, [(s.device, s.tag) for s in OVS_STREAMS])
+            result["wait_s"] = wait_all_seen(collector, [s.tag for s in OVS_STREAMS], ("v4",))
+            result["tc"] = sh("tc", "-s", "filter", "show", "dev", device, "ingress")
+            result["vsctl_show"] = ovs.vsctl("show")
     finally:
         try:
             result["ovs_stop"] = ovs.stop()

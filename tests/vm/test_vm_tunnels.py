@@ -34,16 +34,20 @@ def datagrams(tunnels) -> dict[str, list[bytes]]:
     return {k: [bytes.fromhex(d) for d in v] for k, v in tunnels["datagrams"].items()}
 
 
-@pytest.fixture(scope="module")
-def by_tag(datagrams) -> dict[int, list[dict]]:
-    """The IPv4 collector's flow samples of test frames, by the frame's tag, each with the frame's index."""
+def samples_by_tag(datagrams: list[bytes]) -> dict[int, list[dict]]:
+    """The flow samples of test frames, by the frame's tag, each with the frame's index."""
     out: dict[int, list[dict]] = defaultdict(list)
-    for sample in tunnel_check.flow_samples(datagrams["v4"]):
+    for sample in tunnel_check.flow_samples(datagrams):
         found = frames.identify(sample["records"][0]["header"])
         if found is not None:
             sample["_index"] = found[1]
             out[found[0]].append(sample)
     return out
+
+
+@pytest.fixture(scope="module")
+def by_tag(datagrams) -> dict[int, list[dict]]:
+    return samples_by_tag(datagrams["v4"])
 
 
 def test_the_scenario_ran_and_left_nothing_behind(vm, tunnels):
@@ -150,13 +154,7 @@ def ovs_vxlan(vm) -> dict:
 
 @pytest.fixture(scope="module")
 def ovs_by_tag(ovs_vxlan) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = defaultdict(list)
-    for sample in tunnel_check.flow_samples([bytes.fromhex(d) for d in ovs_vxlan["datagrams"]["v4"]]):
-        found = frames.identify(sample["records"][0]["header"])
-        if found is not None:
-            sample["_index"] = found[1]
-            out[found[0]].append(sample)
-    return out
+    return samples_by_tag([bytes.fromhex(d) for d in ovs_vxlan["datagrams"]["v4"]])
 
 
 def test_open_vswitch_ran_and_was_stopped_cleanly(vm, ovs_vxlan):

@@ -90,7 +90,7 @@ _SCALARS: dict[int, tuple[struct.Struct, str]] = {
 }
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class TunnelKey:
     """psample's nested TUNNEL attribute: the tunnel key the sampled packet carries.
 
@@ -122,40 +122,45 @@ class TunnelKey:
 _BE16 = struct.Struct(">H")
 _BE64 = struct.Struct(">Q")
 _U8 = struct.Struct("B")
-# nested TUNNEL attributes of fixed size: (wire struct, or a byte count for addresses, TunnelKey field)
-_TUNNEL_FIXED: dict[int, tuple[struct.Struct | int, str]] = {
-    TUNNEL_ID: (_BE64, "id"),
-    TUNNEL_IPV4_SRC: (4, "ipv4_src"), TUNNEL_IPV4_DST: (4, "ipv4_dst"),
-    TUNNEL_IPV6_SRC: (16, "ipv6_src"), TUNNEL_IPV6_DST: (16, "ipv6_dst"),
-    TUNNEL_TOS: (_U8, "tos"), TUNNEL_TTL: (_U8, "ttl"),
-    TUNNEL_TP_SRC: (_BE16, "tp_src"), TUNNEL_TP_DST: (_BE16, "tp_dst"),
+# nested TUNNEL attributes: (TunnelKey field, wire struct; None for a flag, bytes for an opaque blob)
+_TUNNEL_ATTRS: dict[int, tuple[str, struct.Struct | type[bytes] | None]] = {
+    TUNNEL_ID: ("id", _BE64),
+    TUNNEL_IPV4_SRC: ("ipv4_src", struct.Struct("4s")), TUNNEL_IPV4_DST: ("ipv4_dst", struct.Struct("4s")),
+    TUNNEL_IPV6_SRC: ("ipv6_src", struct.Struct("16s")), TUNNEL_IPV6_DST: ("ipv6_dst", struct.Struct("16s")),
+    TUNNEL_TOS: ("tos", _U8), TUNNEL_TTL: ("ttl", _U8),
+    TUNNEL_TP_SRC: ("tp_src", _BE16), TUNNEL_TP_DST: ("tp_dst", _BE16),
+    TUNNEL_DONT_FRAGMENT: ("dont_fragment", None), TUNNEL_CSUM: ("csum", None), TUNNEL_OAM: ("oam", None),
+    TUNNEL_IPV4_INFO_BRIDGE: ("ipv4_info_bridge", None),
+    TUNNEL_GENEVE_OPTS: ("geneve_opts", bytes), TUNNEL_VXLAN_OPTS: ("vxlan_opts", bytes),
+    TUNNEL_ERSPAN_OPTS: ("erspan_opts", bytes),
 }
-_TUNNEL_FLAGS = {TUNNEL_DONT_FRAGMENT: "dont_fragment", TUNNEL_CSUM: "csum", TUNNEL_OAM: "oam",
-                 TUNNEL_IPV4_INFO_BRIDGE: "ipv4_info_bridge"}
-_TUNNEL_OPAQUE = {TUNNEL_GENEVE_OPTS: "geneve_opts", TUNNEL_VXLAN_OPTS: "vxlan_opts",
-                  TUNNEL_ERSPAN_OPTS: "erspan_opts"}
 
 
 def decode_tunnel(buf: bytes | bytearray | memoryview, start: int, end: int) -> TunnelKey:
     """The nested attributes of TUNNEL in buf[start:end]; MalformedMessage for a short fixed-size one."""
-    fields: dict[str, object] = {}
+    key = TunnelKey()
     unknown = []
     for nested, value_start, value_end in iter_attrs(buf, start, end):
-        fixed = _TUNNEL_FIXED.get(nested)
-        if fixed is not None:
-            wire, name = fixed
-            size = wire if isinstance(wire, int) else wire.size
-            if value_end - value_start < size:
-                raise MalformedMessage(f"tunnel attribute {nested} is {value_end - value_start} bytes, needs {size}")
-            fields[name] = (bytes(buf[value_start:value_start + size]) if isinstance(wire, int)
-                            else wire.unpack_from(buf, value_start)[0])
-        elif nested in _TUNNEL_FLAGS:
-            fields[_TUNNEL_FLAGS[nested]] = True
-        elif nested in _TUNNEL_OPAQUE:
-            fields[_TUNNEL_OPAQUE[nested]] = bytes(buf[value_start:value_end])
-        elif nested != TUNNEL_PAD:
-            unknown.append(nested)  # newer kernels may add attributes: skip, never fail
-    return TunnelKey(unknown=tuple(unknown), **fields)  # type: ignore[arg-type]
+        entry = _TUNNEL_ATTRS.get(nested)
+        if entry is None:
+            if nested != TUNNEL_PAD:
+                unknown.append(nested)  # newer kernels may add attributes: skip, never fail
+            continue
+        name, wire = entry
+        if wire is None:
+            value: object = True
+        elif wire is bytes:
+            value = bytes(buf[value_start:value_end])
+        else:
+            assert isinstance(wire, struct.Struct)
+            if value_end - value_start < wire.size:
+                raise MalformedMessage(f"tunnel attribute {nested} is {value_end - value_start} bytes, "
+                                       f"needs {wire.size}")
+            value = wire.unpack_from(buf, value_start)[0]
+        setattr(key, name, value)
+    if unknown:
+        key.unknown = tuple(unknown)
+    return key
 
 
 def build_tunnel(key: TunnelKey) -> bytes:

@@ -580,6 +580,9 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "rcvbuf": bench.rcvbuf,
         "machine": machine(),
     }
+    from hwsflow.tools.bench_tunnels import measure_mix  # it builds on this module's messages
+
+    report["tunnels"] = measure_mix(min(options.samples, 50_000), options.runs)
     return report, kept
 
 
@@ -597,6 +600,8 @@ def _python_lines(r: dict[str, Any]) -> list[str]:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    from hwsflow.tools.bench_tunnels import format_mix
+
     m, p = r["machine"], r["paced"]
     return "\n".join([
         f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}",
@@ -626,6 +631,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"over the paced run ({r['rss_growth_mb']:+} MB; sampled: "
         f"{', '.join(str(v) for v in r['rss_during_paced_mb'])})",
         f"collector:   {r['collector']['datagrams']:,} datagrams, {r['collector']['samples']:,} samples",
+        format_mix(r["tunnels"]),
     ])
 
 

@@ -17,13 +17,14 @@ def test_tunnel_messages_are_the_plain_ones_with_the_key_after_data():
 
 
 def test_each_mix_exports_every_sample_by_its_path_with_its_records():
+    """The compiled loop (built for the tests: test_fastpath holds that) packs the plain samples alone."""
     for every, tunnelled in ((0, 0), (1, bt.SLOTS), (4, bt.SLOTS // 4)):
         pipeline = bench_pipeline()
         buf, lengths = bt.chunks(every)[0]
         pipeline.feed_slots(buf, lengths, bt.STRIDE, 0)
         pipeline.flush(0)
         samples = [s for d in pipeline.take() for s in sflow_ref.parse_datagram(d)["samples"]]
-        assert len(samples) == bt.SLOTS and pipeline.stats.inline == bt.SLOTS - tunnelled
+        assert len(samples) == bt.SLOTS and pipeline.stats.compiled == bt.SLOTS - tunnelled
         with_vni = [s for s in samples if [r["format"] for r in s["records"]] == [1, 1024, 1030]]
         assert len(with_vni) == tunnelled
         assert all(s["records"][2]["vni"] == bt.KEY.id for s in with_vni)
@@ -35,6 +36,8 @@ def test_the_report_has_its_figures():
     json.loads(json.dumps(report))
     assert all(report[name] > 0 for name in bt.MIXES)
     assert report["tunnel_extra_us"] == round(report["tunnel"] - report["plain"], 3)
-    assert report["paths"]["plain"]["inline"] == report["paths"]["plain"]["samples"] == bt.SLOTS * 2
-    assert report["paths"]["tunnel"]["inline"] == 0 and report["paths"]["mix_1_in_4"]["inline"] == bt.SLOTS * 3 // 2
+    assert report["path"] == "compiled"
+    assert report["paths"]["plain"]["compiled"] == report["paths"]["plain"]["samples"] == bt.SLOTS * 2
+    assert report["paths"]["tunnel"]["compiled"] == 0
+    assert report["paths"]["mix_1_in_4"]["compiled"] == bt.SLOTS * 3 // 2
     assert "per tunnel sample" in bt.format_mix(report)

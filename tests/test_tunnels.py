@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import sflow_check  # pytest puts tests/ on sys.path (no __init__.py there)
 import tunnel_check
 from hwsflow.core.groups import GroupTable
+from hwsflow.core.model import DIRECTIONS, Direction
 from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.core.tunnels import IPPROTO_UDP, VNI_MAX, tunnel_records
 from hwsflow.tools.decode import run_decode
@@ -237,10 +238,13 @@ def test_a_tunnel_record_of_the_wrong_length_is_malformed(fmt):
 # ---------------------------------------------------------------- the pipeline
 
 
-def pipeline(direction: str = "ingress") -> SamplePipeline:
+def pipeline(direction: Direction = "ingress", compiled: bool | None = False) -> SamplePipeline:
     groups = GroupTable(1000)
     groups.bind(IFINDEX, "vxlan0", direction, 1, 128)
-    return SamplePipeline(DatagramBuilder("192.0.2.1"), groups, FAMILY)
+    return SamplePipeline(DatagramBuilder("192.0.2.1"), groups, FAMILY, compiled)
+
+
+PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 
 
 def kernel_sample(seq: int, **fields: object) -> psample.Sample:
@@ -253,7 +257,7 @@ def kernel_sample(seq: int, **fields: object) -> psample.Sample:
 
 def test_a_tunnel_sample_leaves_the_fast_layout():
     msg = psample.build_message(kernel_sample(1, tunnel=vxlan_key()), FAMILY)
-    assert NLA_HDR.unpack_from(msg, psample.FAST_SIZE - NLA_HDR.size)[1] == psample.ATTR_DATA  # DATA where the fast layout has it...
+    assert NLA_HDR.unpack_from(msg, psample.USUAL_SIZE - NLA_HDR.size)[1] == psample.ATTR_DATA  # DATA where the fast layout has it...
     assert psample.fast_decode(msg, 0, len(msg), FAMILY) is None  # ...but TUNNEL after it: declined
 
 
@@ -266,13 +270,14 @@ def slots(messages: list[bytes], stride: int = 512) -> tuple[bytearray, list[int
 
 
 @pytest.mark.parametrize("direction, formats", [("ingress", [1, 1024, 1030]), ("egress", [1, 1023, 1029])])
-def test_tunnel_samples_go_the_general_way_among_plain_ones(direction, formats):
-    """A chunk of plain samples with tunnel samples between them: the plain ones are packed inline, the tunnel
-    ones go through the general parser, in order, with the structures of the group's direction."""
+@PATHS
+def test_tunnel_samples_go_the_general_way_among_plain_ones(compiled, direction, formats):
+    """A chunk of plain samples with tunnel samples between them: the compiled loop packs the plain ones and
+    leaves the tunnel ones to the general parser, in order, with the structures of the group's direction."""
     tunnels = {2: vxlan_key(id=200), 5: vxlan_key(id=500, ipv4_src=bytes((203, 0, 113, 5)))}
     oif = {"oif": IFINDEX} if direction == "egress" else {}
     msgs = [psample.build_message(kernel_sample(i, tunnel=tunnels.get(i), **oif), FAMILY) for i in range(8)]
-    fed = pipeline(direction)
+    fed = pipeline(direction, compiled)
     fed.feed_slots(*slots(msgs), stride=512, uptime_ms=9)
     fed.flush(9)
     decoded = pipeline(direction)
@@ -283,7 +288,7 @@ def test_tunnel_samples_go_the_general_way_among_plain_ones(direction, formats):
     datagrams = fed.take()
     assert datagrams == decoded.take()
     assert fed.stats == decoded.stats and fed.stats.samples == 8
-    assert fed.stats.inline == (0 if direction == "egress" else 6)  # egress is never inlined
+    assert fed.stats.compiled == (6 if compiled and direction == "ingress" else 0)  # egress is never compiled
     samples = [s for d in datagrams for s in sflow_ref.parse_datagram(d)["samples"]]
     assert [s["sequence_number"] for s in samples] == list(range(1, 9))
     for i, s in enumerate(samples):
@@ -292,13 +297,14 @@ def test_tunnel_samples_go_the_general_way_among_plain_ones(direction, formats):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.one_of(st.none(), tunnel_keys()), min_size=1, max_size=40), st.sampled_from(["ingress", "egress"]))
-def test_feed_slots_and_the_general_path_agree_on_any_mix(keys, direction):
+@given(st.lists(st.one_of(st.none(), tunnel_keys()), min_size=1, max_size=40), st.sampled_from(DIRECTIONS))
+@PATHS
+def test_feed_slots_and_the_general_path_agree_on_any_mix(compiled, keys, direction):
     """Plain and tunnel samples in any order and number: the same datagrams and state through recvmmsg-like
-    slots as through the general parser one by one; only the plain ones packed inline."""
+    slots as through the general parser one by one; only the plain ones packed by the compiled loop."""
     oif = {"oif": IFINDEX} if direction == "egress" else {}
     msgs = [psample.build_message(kernel_sample(i, tunnel=key, **oif), FAMILY) for i, key in enumerate(keys)]
-    fed, decoded = pipeline(direction), pipeline(direction)
+    fed, decoded = pipeline(direction, compiled), pipeline(direction)
     fed.feed_slots(*slots(msgs), stride=512, uptime_ms=3)
     for msg in msgs:
         decoded.stats.messages += 1
@@ -307,7 +313,8 @@ def test_feed_slots_and_the_general_path_agree_on_any_mix(keys, direction):
     decoded.flush(3)
     assert fed.take() == decoded.take()
     assert fed.stats == decoded.stats
-    assert fed.stats.inline == (sum(key is None for key in keys) if direction == "ingress" else 0)
+    plain = sum(key is None for key in keys)
+    assert fed.stats.compiled == (plain if compiled and direction == "ingress" else 0)
 
 
 def test_tunnel_and_queue_records_together():

@@ -28,15 +28,17 @@ from hypothesis import strategies as st
 
 from hwsflow.core import fastpath
 from hwsflow.wire import psample, sflow_ref
-from hwsflow.wire.sflow import DatagramBuilder
+from hwsflow.wire.sflow import DatagramBuilder, encode_queue_records
 from hwsflow.core.groups import GroupTable
 from hwsflow.wire.netlink import GENL_HDR, NLA_HDR, NLMSG_HDR, MalformedMessage, attr, message_extent
 from hwsflow.core.pipeline import FCS_LEN, SamplePipeline
+from hwsflow.core.tunnels import tunnel_records
 
 from test_pipeline import BIG_IFINDEX  # pytest puts tests/ on sys.path
 from test_pipeline import kernel_sample as one_port_sample
 from test_pipeline import make_pipeline as one_port_pipeline
 from test_psample import ingress_sample
+from test_tunnels import tunnel_keys
 
 PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 
@@ -112,6 +114,8 @@ def kernel_attrs(draw) -> list[Attr]:
     size = draw(data_sizes)
     if size or usual:
         attrs.append(Attr(psample.ATTR_DATA, _patterned(size, draw(st.integers(0, 255)))))
+    if draw(st.integers(0, 4)) == 0:  # a tunnel key follows DATA: the usual layout but for it
+        attrs.append(Attr(psample.ATTR_TUNNEL, psample.build_tunnel(draw(tunnel_keys()))))
     if not usual:
         if draw(st.integers(0, 3)) == 0:
             attrs.append(Attr(psample.ATTR_USER_COOKIE, draw(st.binary(min_size=1, max_size=16))))
@@ -220,6 +224,7 @@ def test_fast_path_takes_the_usual_layout():
     dict(latency=1),
     dict(timestamp=None),  # kernels before 5.13
     dict(iif=0),
+    dict(tunnel=psample.TunnelKey(id=100, ipv4_dst=bytes(4))),  # TUNNEL after DATA
 ])
 def test_fast_path_declines_other_layouts(change):
     msg = psample.build_message(ingress_sample(**change), FAMILY)
@@ -351,7 +356,9 @@ def reference_feed(pipeline: SamplePipeline, messages: list[bytes]) -> None:
 
 setups = st.fixed_dictionaries({
     "headers": st.tuples(*[st.sampled_from([0, 1, 64, 128, 129, 1024, 2000])] * len(PORTS)),
-    "max_size": st.sampled_from([200, 700, 1400, 9000]),
+    # 256: the smallest datagram_size config accepts, where the largest extra records (three queue records,
+    # an IPv6 tunnel and a VNI) still leave the header room with an IPv6 agent and expanded samples
+    "max_size": st.sampled_from([256, 700, 1400, 9000]),
     "expanded": st.booleans(),
     "agent": st.sampled_from(["192.0.2.1", "2001:db8::1"]),
     # where the sources' counters start: 0, just below sFlow's 32-bit wrap, near and beyond 2**64 (the
@@ -377,13 +384,17 @@ def test_each_path_leaves_what_the_general_path_leaves(compiled, setup, messages
     assert_as_the_general_path(fast, reference, messages)
 
 
-def assert_as_the_general_path(fast: SamplePipeline, reference: SamplePipeline, messages: list[bytes]) -> None:
-    """reference reads messages through the general path; it must end where fast did, datagrams included."""
+def assert_as_the_general_path(fast: SamplePipeline, reference: SamplePipeline,
+                               messages: list[bytes]) -> list[bytes]:
+    """reference reads messages through the general path; it must end where fast did, datagrams included.
+    Returns those datagrams."""
     reference_feed(reference, messages)
     assert state(fast) == state(reference)
     fast.flush(42)
     reference.flush(42)
-    assert fast.take() == reference.take()
+    datagrams = fast.take()
+    assert datagrams == reference.take()
+    return datagrams
 
 
 @PATHS
@@ -419,13 +430,10 @@ def _usual(group: int, seq: int, header: int = 128) -> bytes:
     return psample.build_message(sample, FAMILY)
 
 
-def test_the_compiled_loop_leaves_only_the_odd_slots_to_python(monkeypatch):
-    """A damaged message, a foreign group's sample: the compiled loop stops at each, Python takes that
-    slot alone, and the loop goes on after it, with the same results as the reference."""
-    messages = [_usual(GROUP_BASE + i % 2, i // 2 + 1) for i in range(300)]
-    messages[5] = messages[5][:-8]  # truncated: nlmsg_len no longer matches what was read
-    messages[131] = _usual(FOREIGN_GROUP, 1)  # the usual layout, of a group that is not ours
-    messages[200] = messages[200] + bytes(4)  # trailing bytes after the message
+def feed_compiled_watching_python(monkeypatch: pytest.MonkeyPatch,
+                                  messages: list[bytes]) -> tuple[SamplePipeline, list[int], list[bytes]]:
+    """messages through the compiled loop in slots: the pipeline, the slots it left to the Python path, and
+    the datagrams, checked against the general path's."""
     fast = make_pipeline((128,) * len(PORTS), 1400, False, "192.0.2.1", compiled=True)
     reference = make_pipeline((128,) * len(PORTS), 1400, False, "192.0.2.1")
     rest = fast._feed_rest
@@ -433,9 +441,36 @@ def test_the_compiled_loop_leaves_only_the_odd_slots_to_python(monkeypatch):
     monkeypatch.setattr(fast, "_feed_rest", lambda buf, pos, *more: parsed.append(pos) or rest(buf, pos, *more))
     stride = 4096
     fast.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, 42)
-    assert_as_the_general_path(fast, reference, messages)
-    assert [pos // stride for pos in parsed] == [5, 131, 200]
+    datagrams = assert_as_the_general_path(fast, reference, messages)
+    return fast, [pos // stride for pos in parsed], datagrams
+
+
+def test_the_compiled_loop_leaves_only_the_odd_slots_to_python(monkeypatch):
+    """A damaged message, a foreign group's sample: the compiled loop stops at each, Python takes that
+    slot alone, and the loop goes on after it, with the same results as the reference."""
+    messages = [_usual(GROUP_BASE + i % 2, i // 2 + 1) for i in range(300)]
+    messages[5] = messages[5][:-8]  # truncated: nlmsg_len no longer matches what was read
+    messages[131] = _usual(FOREIGN_GROUP, 1)  # the usual layout, of a group that is not ours
+    messages[200] = messages[200] + bytes(4)  # trailing bytes after the message
+    fast, python_slots, _ = feed_compiled_watching_python(monkeypatch, messages)
+    assert python_slots == [5, 131, 200]
     assert fast.stats.compiled == 297 and fast.stats.foreign == 1
+
+
+def test_the_compiled_loop_leaves_tunnel_samples_to_python(monkeypatch):
+    """A sample with TUNNEL after DATA is the usual layout but for it: the compiled loop must leave exactly
+    that slot to the Python path, whose general parser adds the tunnel records."""
+    messages = [_usual(GROUP_BASE + i % 2, i // 2 + 1) for i in range(40)]
+    key = psample.TunnelKey(id=5001, ipv4_src=bytes((192, 0, 2, 10)), ipv4_dst=bytes((192, 0, 2, 20)), tp_dst=4789)
+    for i in (0, 17, 39):
+        sample = psample.decode_sample(messages[i])
+        sample.tunnel = key
+        messages[i] = psample.build_message(sample, FAMILY)
+    fast, python_slots, datagrams = feed_compiled_watching_python(monkeypatch, messages)
+    assert python_slots == [0, 17, 39]
+    assert fast.stats.compiled == 37
+    flows = [s for d in datagrams for s in sflow_ref.parse_datagram(d)["samples"]]
+    assert [i for i, f in enumerate(flows) if [r["format"] for r in f["records"]] == [1, 1024, 1030]] == [0, 17, 39]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -488,7 +523,8 @@ def general_samples(read: bytes) -> list[psample.Sample]:
 
 
 def expected_flows(pipeline: SamplePipeline, messages: list[bytes]) -> dict[int, list[tuple]]:
-    """Per data source, in order: (rate, frame_length, header bytes, input, output, queue records) as
+    """Per data source, in order: (rate, frame_length, header bytes, input, output, and the count and bytes
+    of the records after the header: queue and tunnel records) as
     the general parser reads each message that is a sample of one of the pipeline's groups."""
     out: dict[int, list[tuple]] = {}
     for sample in (s for msg in messages for s in general_samples(msg)):
@@ -501,8 +537,13 @@ def expected_flows(pipeline: SamplePipeline, messages: list[bytes]) -> dict[int,
             ports = (ifindex, 0)
         else:
             ports = (pipeline.ifindex_by_low16.get(sample.iif, 0), ifindex)
-        queue = sum(v is not None for v in (sample.out_tc, sample.out_tc_occ, sample.latency))
-        out.setdefault(ifindex, []).append((sample.rate, frame, sample.data[:binding.header]) + ports + (queue,))
+        records, extra = encode_queue_records(sample.out_tc, sample.out_tc_occ, sample.latency)
+        extra_bytes = len(records)
+        if sample.tunnel is not None:
+            records, count = tunnel_records(sample.tunnel, binding.direction == "ingress")
+            extra, extra_bytes = extra + count, extra_bytes + len(records)
+        out.setdefault(ifindex, []).append((sample.rate, frame, sample.data[:binding.header]) + ports
+                                           + (extra, extra_bytes))
     return out
 
 
@@ -529,16 +570,18 @@ def test_every_datagram_decodes_and_says_what_the_general_parser_read(compiled, 
     for ifindex, flows in got.items():
         first = setup["counters"] + 1
         assert [f["sequence_number"] for f in flows] == [n & 0xFFFFFFFF for n in range(first, first + len(flows))]
-        for flow, (rate, frame, data, input_if, output_if, queue) in zip(flows, want[ifindex], strict=True):
+        for flow, (rate, frame, data, input_if, output_if, extra, extra_bytes) in zip(flows, want[ifindex],
+                                                                                      strict=True):
             record = flow["records"][0]
             assert [(r["enterprise"], r["format"]) for r in flow["records"]][:1] == [(0, 1)]
-            assert len(flow["records"]) == 1 + queue
+            assert len(flow["records"]) == 1 + extra
             assert (flow["sampling_rate"], flow["input"], flow["output"]) == (rate, input_if, output_if)
             assert (record["frame_length"], record["stripped"]) == (frame, FCS_LEN)
             # a sample too big for max_size keeps the leading header bytes that fit; everything else in a
-            # datagram of one sample takes at most 152 bytes (IPv6 agent, expanded sample, 3 queue records)
+            # datagram of one sample takes at most 116 bytes (IPv6 agent, expanded sample), plus its queue and
+            # tunnel records
             assert data.startswith(record["header"])
-            assert record["header"] == data or len(data) > setup["max_size"] - 152
+            assert record["header"] == data or len(data) > setup["max_size"] - 116 - extra_bytes
             assert record["header_length"] == len(record["header"])
 
 

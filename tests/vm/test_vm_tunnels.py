@@ -14,9 +14,7 @@ from collections import defaultdict
 
 import pytest
 
-import sflow_check
-import tunnel_check
-from hwsflow.wire import sflow_ref
+from tests.helpers import sflow_check, tunnel_check
 from tests.vm import frames
 from tests.vm.scenarios_tunnels import (
     DSTPORT, EGRESS, EGRESS_PORT, FRAMES, OVS_BRIDGE, OVS_STREAMS, STREAMS, TUN_GENEVE, TUN_VXLAN,

@@ -14,15 +14,16 @@ nothing else, and read everything else.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import interop
+from . import interop
 from hwsflow.wire import sflow_ref
 
 VNI_FORMATS = frozenset({1029, 1030})
 NFDUMP_VNI_BUG = ["SFLOW: flow_sample_element length error (expected 4, found 0)", "SFLOW: caught exception: 3"]
 
 
-def flow_samples(datagrams: list[bytes]) -> list[dict]:
+def flow_samples(datagrams: list[bytes]) -> list[dict[str, Any]]:
     return [s for d in datagrams for s in sflow_ref.parse_datagram(d)["samples"] if s["kind"] == "flow"]
 
 
@@ -37,10 +38,10 @@ def without_records(datagram: bytes, formats: frozenset[int]) -> bytes:
     for sample in parsed.samples:
         if sample.format in (1, 3):
             sample.data.records = [r for r in sample.data.records if r.format not in formats]
-    return sflow_ref.Datagram.build(parsed)
+    return bytes(sflow_ref.Datagram.build(parsed))
 
 
-def has_vni(sample: dict) -> bool:
+def has_vni(sample: dict[str, Any]) -> bool:
     return any(r["enterprise"] == 0 and r["format"] in VNI_FORMATS for r in sample["records"])
 
 

@@ -136,7 +136,7 @@ _TUNNEL_ATTRS: dict[int, tuple[str, struct.Struct | type[bytes] | None]] = {
 }
 
 
-def decode_tunnel(buf: bytes | bytearray | memoryview, start: int, end: int) -> TunnelKey:
+def decode_tunnel(buf: Buffer, start: int, end: int) -> TunnelKey:
     """The nested attributes of TUNNEL in buf[start:end]; MalformedMessage for a short fixed-size one."""
     key = TunnelKey()
     unknown = []
@@ -170,19 +170,19 @@ def build_tunnel(key: TunnelKey) -> bytes:
         parts.append(attr(TUNNEL_ID, _BE64.pack(key.id)))
     if key.ipv4_info_bridge:
         parts.append(attr(TUNNEL_IPV4_INFO_BRIDGE, b""))
-    for nested, value in ((TUNNEL_IPV4_SRC, key.ipv4_src), (TUNNEL_IPV4_DST, key.ipv4_dst),
-                          (TUNNEL_IPV6_SRC, key.ipv6_src), (TUNNEL_IPV6_DST, key.ipv6_dst)):
-        if value is not None:
-            parts.append(attr(nested, value))
-    for nested, value, wire in ((TUNNEL_TOS, key.tos, _U8), (TUNNEL_TTL, key.ttl, _U8)):
-        if value is not None:
-            parts.append(attr(nested, wire.pack(value)))
+    for nested, address in ((TUNNEL_IPV4_SRC, key.ipv4_src), (TUNNEL_IPV4_DST, key.ipv4_dst),
+                            (TUNNEL_IPV6_SRC, key.ipv6_src), (TUNNEL_IPV6_DST, key.ipv6_dst)):
+        if address is not None:
+            parts.append(attr(nested, address))
+    for nested, octet in ((TUNNEL_TOS, key.tos), (TUNNEL_TTL, key.ttl)):
+        if octet is not None:
+            parts.append(attr(nested, _U8.pack(octet)))
     for nested, flag in ((TUNNEL_DONT_FRAGMENT, key.dont_fragment), (TUNNEL_CSUM, key.csum)):
         if flag:
             parts.append(attr(nested, b""))
-    for nested, value in ((TUNNEL_TP_SRC, key.tp_src), (TUNNEL_TP_DST, key.tp_dst)):
-        if value is not None:
-            parts.append(attr(nested, _BE16.pack(value)))
+    for nested, port in ((TUNNEL_TP_SRC, key.tp_src), (TUNNEL_TP_DST, key.tp_dst)):
+        if port is not None:
+            parts.append(attr(nested, _BE16.pack(port)))
     if key.oam:
         parts.append(attr(TUNNEL_OAM, b""))
     for nested, opts in ((TUNNEL_GENEVE_OPTS, key.geneve_opts), (TUNNEL_VXLAN_OPTS, key.vxlan_opts),

@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from tests.vm import frames
 from tests.vm.guest import COLLECTOR_V4, COLLECTOR_V6, TRAFFIC_DEADLINE, AgentProcess, Collector, ifindex, sh, wait_for

@@ -298,6 +298,10 @@ def setup_ovs_tenants() -> None:
 OVS_MAX_IDLE_MS = 600_000
 
 
+def ovs_tc(device: str) -> str:
+    return sh("tc", "-s", "filter", "show", "dev", device, "ingress")
+
+
 def scenario_ovs_vxlan(rwdir: Path, out: dict) -> None:
     """Open vSwitch (hw-offload on) with a flow-based VXLAN port; the agent samples its vxlan_sys_4789."""
     from tests.vm import ovs
@@ -315,7 +319,15 @@ def scenario_ovs_vxlan(rwdir: Path, out: dict) -> None:
         with agent_run(rwdir, "ovs_vxlan", config_for([device], "ingress"), result) as collector:
             send_in_namespace(OVS_NS, [(s.device, s.tag) for s in OVS_STREAMS])
             result["wait_s"] = wait_all_seen(collector, [s.tag for s in OVS_STREAMS], ("v4",))
-            result["tc"] = sh("tc", "-s", "filter", "show", "dev", device, "ingress")
+            # the samples can all be in before ovs-vswitchd's handlers have put the flows into tc: wait for
+            # them (the test judges what was there), and show how long that took
+            try:
+                result["offload_wait_s"] = wait_for(lambda: all(f"enc_key_id {s.vni}" in ovs_tc(device)
+                                                                for s in OVS_STREAMS), TRAFFIC_DEADLINE,
+                                                    "Open vSwitch's offloaded decap flows")
+            except TimeoutError as e:
+                result["offload_wait_s"] = str(e)
+            result["tc"] = ovs_tc(device)
             result["vsctl_show"] = ovs.vsctl("show")
     finally:
         try:

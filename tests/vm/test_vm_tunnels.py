@@ -178,7 +178,7 @@ def test_hwsflows_filter_runs_before_open_vswitchs_offloaded_decap_flows(ovs_vxl
     later priority); hwsflow's matchall at priority 1 saw every frame first."""
     tc = ovs_vxlan["tc"]
     assert "pref 1 matchall" in tc and f"rule hit {FRAMES * len(OVS_STREAMS)}" in tc
-    assert all(f"enc_key_id {s.vni}" in tc for s in OVS_STREAMS) and "flower" in tc, (ovs_vxlan["wait_s"], tc)
+    assert all(f"enc_key_id {s.vni}" in tc for s in OVS_STREAMS) and "flower" in tc, (ovs_vxlan["offload_wait_s"], tc[-1500:])
 
 
 def test_open_vswitch_datagrams_decode_cleanly(ovs_vxlan, tmp_path):

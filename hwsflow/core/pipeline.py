@@ -114,7 +114,7 @@ class SamplePipeline:
         count = len(lengths)
         index = 0
         while index < count:
-            if self._loop is not None:
+            if self._loop is not None and stride > 0:  # stride 0 (every slot at 0) is the Python path's alone
                 index = self._run_compiled(buf, lengths, stride, index, uptime_ms)
                 if index == count:
                     return

@@ -12,6 +12,12 @@ after it was added (the qdisc under it was replaced at that moment) is a race
 hwsflow recovers from, said at INFO.  Only a port that stays unsampled for
 STUCK_AFTER is an ERROR, once per condition, and its recovery is said too.
 
+A heal can also find hwsflow's priority held by another program's filter (Open
+vSwitch's ingress policer takes priority 1).  That is no race: the port is
+BLOCKED, an ERROR at once (it stays unsampled until someone acts), said once per
+condition; hwsflow tries again when a filter at that priority is deleted (the
+rtnetlink event) and every BLOCKED_POLL in case an event was lost.
+
 Pure, one state machine per port in the manner of h11's _state.py: explicit
 states, events, a transition table; the agent passes the time in, does the I/O,
 and reports each outcome back.
@@ -32,6 +38,7 @@ HEAL_POLL = 0.1  # s between looks for that qdisc, besides the RTM_NEWQDISC even
 RETRY_FIRST = 0.25  # s before the first retry of a heal that failed; doubled up to RETRY_MAX
 RETRY_MAX = 5.0
 STUCK_AFTER = 10.0  # s a port may stay unsampled through failed heals before that is an ERROR
+BLOCKED_POLL = 5.0  # s between tries on a port whose priority another program holds, besides the events
 
 
 class HealState(enum.Enum):
@@ -39,6 +46,7 @@ class HealState(enum.Enum):
     SETTLING = "settling"  # lost its filter: heal once the other program is done
     AWAITING_QDISC = "awaiting qdisc"  # another program's qdisc was deleted: wait for it to come back
     RETRYING = "retrying"  # the last heal failed
+    BLOCKED = "blocked"  # another program's filter holds hwsflow's priority: wait for it to go
 
 
 class HealEvent(enum.Enum):
@@ -48,6 +56,7 @@ class HealEvent(enum.Enum):
     HEALED = "healed"  # every filter of the port is in place
     QDISC_MISSING = "qdisc missing"  # heal found no qdisc and may not create one yet
     FAILED = "failed"
+    BLOCKED = "blocked"  # heal found another program's filter at hwsflow's priority
 
 
 _S, _E = HealState, HealEvent
@@ -68,8 +77,13 @@ TRANSITIONS: Mapping[tuple[HealState, HealEvent], HealState] = {
     (_S.RETRYING, _E.OWNER_QDISC_LOST): _S.AWAITING_QDISC,
     (_S.RETRYING, _E.QDISC_ADDED): _S.RETRYING,
     (_S.RETRYING, _E.QDISC_MISSING): _S.AWAITING_QDISC,
+    (_S.BLOCKED, _E.FILTER_LOST): _S.SETTLING,  # the filter in the way may be the one that went
+    (_S.BLOCKED, _E.OWNER_QDISC_LOST): _S.AWAITING_QDISC,
+    (_S.BLOCKED, _E.QDISC_ADDED): _S.BLOCKED,
+    (_S.BLOCKED, _E.QDISC_MISSING): _S.AWAITING_QDISC,
     **{(state, _E.HEALED): _S.IDLE for state in _S},
     **{(state, _E.FAILED): _S.RETRYING for state in _S},
+    **{(state, _E.BLOCKED): _S.BLOCKED for state in _S},
 }
 
 
@@ -108,7 +122,8 @@ class HealSchedule:
 
     def filter_lost(self, ifindex: int, now: float) -> None:
         port = self._fire(ifindex, HealEvent.FILTER_LOST)
-        port.at = now + SETTLE if port.at is None else port.at  # a burst of events: the first one counts
+        # a burst of events: the first one counts; a retry or poll further off is brought forward
+        port.at = now + SETTLE if port.at is None else min(port.at, now + SETTLE)
 
     def owner_qdisc_lost(self, ifindex: int, now: float) -> None:
         port = self._fire(ifindex, HealEvent.OWNER_QDISC_LOST)
@@ -161,6 +176,20 @@ class HealSchedule:
         port.at = now + HEAL_POLL
         if port.qdisc_lost is None:
             port.qdisc_lost = now
+
+    def blocked(self, ifindex: int, reason: str, now: float) -> LogLine | None:
+        """Another program's filter holds the port's priority: an ERROR once per condition (reason says
+        which filter and what to change), then quiet until it is healed; tried again on a filter deletion."""
+        port = self._fire(ifindex, HealEvent.BLOCKED)
+        port.at = now + BLOCKED_POLL
+        port.qdisc_lost = None
+        port.delay = RETRY_FIRST
+        if port.failing_since is None:
+            port.failing_since = now
+        if port.reported == reason:
+            return None
+        port.reported = reason
+        return LogLine(logging.ERROR, f"{reason}; the port stays unsampled until then")
 
     def failed(self, ifindex: int, reason: str, now: float) -> LogLine | None:
         """A heal could not reinstall a filter: retried; ERROR once the port has stayed unsampled too long."""

@@ -38,7 +38,7 @@ from hwsflow.core.identity import agent_address
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.core import fastpath
 from hwsflow.core.pipeline import SamplePipeline
-from hwsflow.daemon.ports import PortManager
+from hwsflow.daemon.ports import HealOutcome, PortManager
 from hwsflow.linux.psample_socket import PsampleSocket, PsampleUnavailable, kernel_drops
 from hwsflow.linux.mmsg import RecvBuffer
 from hwsflow.daemon.receive import BATCH, drain
@@ -431,15 +431,22 @@ class Agent:
         if outcome.waiting:
             self.heals.qdisc_missing(ifindex, now)
         elif outcome.failure is not None:
-            _say(self.heals.failed(ifindex, outcome.failure, now))
+            self._report_failure(ifindex, outcome, now)
         else:
             _say(self.heals.healed(ifindex, port.ifname))
 
+    def _report_failure(self, ifindex: int, outcome: HealOutcome, now: float) -> None:
+        assert outcome.failure is not None
+        if outcome.blocked:
+            _say(self.heals.blocked(ifindex, outcome.failure, now))
+        else:
+            _say(self.heals.failed(ifindex, outcome.failure, now))
+
     def _schedule_retries(self) -> None:
-        """Installs that lost a race with another program: healed again soon, said at INFO."""
+        """Installs that lost a race with another program, or found their priority taken: healed again."""
         now = time.monotonic()
-        for ifindex, reason in self.ports.take_retries().items():
-            _say(self.heals.failed(ifindex, reason, now))
+        for ifindex, outcome in self.ports.take_retries().items():
+            self._report_failure(ifindex, outcome, now)
         if self.heals.pending():
             self._wake.set()
 

@@ -55,6 +55,9 @@ def failure_code(err: BaseException) -> str:
     return "tc_state"
 
 
+PRIORITY_TAKEN = "priority_taken"  # error_code: another program's filter holds hwsflow's priority
+
+
 def heal_cause(filter_present: bool, qdisc_created: bool) -> str:
     """What a heal found: no qdisc (hwsflow made one again), a filter of ours that differs, or no filter."""
     if qdisc_created:
@@ -69,6 +72,7 @@ class HealOutcome:
     healed: tuple[Direction, ...] = ()  # the directions reinstalled
     waiting: bool = False  # the qdisc is gone and may not be created yet: its owner may be re-creating it
     failure: str | None = None  # why a direction could not be reinstalled (the heal is retried)
+    blocked: bool = False  # the failure is another program's filter at hwsflow's priority: no race
 
 
 def offload_text(state: tc.FilterState | None) -> str:
@@ -86,15 +90,16 @@ class PortManager:
         self.ports: dict[int, WatchedPort] = {}
         self.links: dict[int, LinkInfo] = {}
         self.overrides: dict[str, PortSettings | None] = {}  # by name, from the CLI, until reload
-        self._retries: dict[int, str] = {}  # ifindex -> why an install lost a race: heal it again soon
+        self._retries: dict[int, HealOutcome] = {}  # ifindex -> why an install failed for now: heal it again
 
     def reload(self, config: Config) -> None:
         """A new config file: runtime changes end with it.  The caller reconciles the ports next."""
         self.config = config
         self.overrides.clear()
 
-    def take_retries(self) -> dict[int, str]:
-        """Ports whose filter install lost a race with another program (and why): to heal again soon."""
+    def take_retries(self) -> dict[int, HealOutcome]:
+        """Ports whose filter install lost a race with another program, or found its priority taken, and why:
+        to heal again (soon, or when that priority is free)."""
         retries, self._retries = self._retries, {}
         return retries
 
@@ -192,7 +197,14 @@ class PortManager:
         except tc.FilterVanished as err:
             # the filter stays wanted, with its group: the agent heals the port again soon
             port.specs.append(spec)
-            self._retries[plan.ifindex] = str(err)
+            self._retries[plan.ifindex] = HealOutcome(failure=str(err))
+            return
+        except tc.PriorityTaken as err:
+            # another program's filter is in the way: left alone; the filter stays wanted, with its group,
+            # and the agent installs it once that priority is free.  The schedule says it, once.
+            port.specs.append(spec)
+            port.error, port.error_code = str(err), PRIORITY_TAKEN
+            self._retries[plan.ifindex] = HealOutcome(failure=str(err), blocked=True)
             return
         except tc.TcError as err:
             self._failed(port, direction, str(err), failure_code(err))
@@ -255,7 +267,7 @@ class PortManager:
         if port is None:
             return HealOutcome()
         healed: list[Direction] = []
-        failure = None
+        failure, blocked = None, False
         for spec in port.specs:
             try:
                 state = await self.rtnl.call(tc.read_filter, spec)
@@ -264,13 +276,20 @@ class PortManager:
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
                     return HealOutcome(tuple(healed), waiting=True)  # its owner may be re-creating it: let it
                 created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
+                port.created_qdisc |= created  # removed at stop like the one made at install
                 cause = heal_cause(state is not None, created)
                 state, _ = await self.rtnl.call(tc.install, spec)
+            except tc.PriorityTaken as err:
+                failure, blocked = str(err), True
+                self._unsampled(port, spec.direction, failure, PRIORITY_TAKEN)
+                continue
             except tc.TcError as err:
                 failure = str(err)
+                self._unsampled(port, spec.direction, failure, failure_code(err))
                 continue
             except (NetlinkError, OSError) as err:
                 failure = f"port {port.ifname}: cannot reinstall the {spec.direction} filter: {err}"
+                self._unsampled(port, spec.direction, failure, failure_code(err))
                 continue
             port.states[spec.direction] = state
             port.heals[cause] = port.heals.get(cause, 0) + 1
@@ -282,7 +301,15 @@ class PortManager:
             self.limiter.warn(log, ("healed", port.ifname, spec.direction),
                               "port %s: its %s sample filter was deleted by another program; reinstalled",
                               port.ifname, spec.direction, level=logging.INFO)
-        return HealOutcome(tuple(healed), failure=failure)
+        if failure is None and set(port.plan.directions) <= set(port.states):
+            port.error = port.error_code = None  # every direction samples again
+        return HealOutcome(tuple(healed), failure=failure, blocked=blocked)
+
+    @staticmethod
+    def _unsampled(port: WatchedPort, direction: Direction, message: str, code: str) -> None:
+        """A direction whose filter is not in the kernel: status shows it (no stale state), the spec stays wanted."""
+        port.states.pop(direction, None)
+        port.error, port.error_code = message, code
 
     async def sync_pool(self, ifindex: int) -> None:
         """sample_pool from the packet counters of the port's sample actions: the kernel's count, not a guess."""

@@ -48,6 +48,11 @@ class TcError(Exception):
     """A tc operation on a port failed; the message names the port and what to do."""
 
 
+class PriorityTaken(TcError):
+    """Another program's filter holds the priority hwsflow's filter needs: hwsflow leaves it alone
+    and waits for the priority to be free (a filter deletion there is the cue to try again)."""
+
+
 class FilterVanished(TcError):
     """The filter was gone when read back: the qdisc under it was replaced meanwhile (Open vSwitch does
     at port initialisation), a race a later attempt wins."""
@@ -208,6 +213,27 @@ def _action_packets(action: tc_nla.TcAction) -> int:
     return basic["packets"] if basic is not None else 0
 
 
+def describe_holder(kind: str | None, actions: list[str]) -> str:
+    """The foreign filter at hwsflow's priority, in words (after "another program's"), as holder_of() found it."""
+    what = f"{kind or 'unknown'} filter"
+    if actions:
+        what += " with a " + " + ".join(actions) + " action" + ("s" if len(actions) > 1 else "")
+    return what
+
+
+def priority_taken_message(spec: FilterSpec, kind: str | None, actions: list[str]) -> str:
+    """Why the port is not sampled and what the operator can change, naming the filter in the way."""
+    head = (f"port {spec.ifname}: {spec.direction} priority {spec.priority} is held by another program's "
+            f"{describe_holder(kind, actions)}; hwsflow leaves it alone and samples again once the priority is free")
+    if kind == "matchall" and "police" in actions:
+        # OVS reserves priority 1 for its policer, and its flower rules (2 and up) end classification:
+        # no other priority sees the traffic OVS forwards, so only removing the policer helps there
+        return (f"{head}. It looks like Open vSwitch's ingress policer: remove it "
+                f"(`ovs-vsctl set interface {spec.ifname} ingress_policing_rate=0`) to sample this port, "
+                "or set another `priority` for it if no filter ahead of that one ends classification")
+    return f"{head}. Set another `priority` for this port in hwsflow's config, or remove that filter"
+
+
 # ---------------------------------------------------------------- operations (I/O)
 
 
@@ -332,7 +358,7 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
     try:
         ipr.nlm_request(build_filter_msg(spec), RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
     except NetlinkError as err:
-        raise _install_error(spec, err) from err
+        raise _install_error(spec, err, ipr) from err
     added = read_filter(ipr, spec)
     if added is None:
         raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was "
@@ -340,13 +366,34 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
     return added, False
 
 
-def _install_error(spec: FilterSpec, err: NetlinkError) -> TcError:
+def holder_of(ipr: IPRoute, spec: FilterSpec) -> tuple[str | None, list[str]]:
+    """The kind and action kinds of the filter at spec's priority and chain that is not hwsflow's."""
+    try:
+        messages = _filter_messages(ipr, spec.ifindex, spec.direction)
+    except NetlinkError:
+        return None, []
+    for msg in messages:
+        if msg["info"] >> 16 != spec.priority or (msg.get_attr("TCA_CHAIN") or 0) != spec.chain:
+            continue
+        kind = msg.get_attr("TCA_KIND")
+        if kind != "matchall":
+            return kind, []  # flower and the rest: their kind says enough
+        options = msg.get_attr("TCA_OPTIONS")
+        actions = options.get_attr("TCA_MATCHALL_ACT") if options is not None else None
+        if actions is None:
+            continue  # the bare head message the kernel sends before each filter's full one
+        names = [action.get_attr("TCA_ACT_KIND") for _name, action in actions["attrs"]]
+        return kind, [name for name in names if name]
+    return None, []
+
+
+def _install_error(spec: FilterSpec, err: NetlinkError, ipr: IPRoute) -> TcError:
     where = f"priority {spec.priority}, chain {spec.chain}"
-    if err.code == errno.EEXIST or (err.code == errno.EINVAL and "kind" in str(err).lower()):
-        return TcError(
-            f"port {spec.ifname}: {spec.direction} {where} is taken by a filter that is not hwsflow's; "
-            "set another `priority` for this port"
-        )
+    if err.code in (errno.EEXIST, errno.EINVAL):
+        # EINVAL: a filter of another kind or protocol holds the priority (a priority has one of each)
+        kind, actions = holder_of(ipr, spec)
+        if kind is not None or err.code == errno.EEXIST:
+            return PriorityTaken(priority_taken_message(spec, kind, actions))
     if spec.offload == "required" and err.code in (errno.EOPNOTSUPP, errno.EINVAL):
         return TcError(
             f"port {spec.ifname}: offload is `required` but the driver refused to offload the matchall "

@@ -29,8 +29,8 @@ CHECK_FRAMES = 20  # frames through a port to show it is sampled again
 BURST = 3000  # frames while the agent is stopped: far beyond what its 64 KiB socket holds
 DEADLINE = 120.0
 # tags: one per case for the healthy trickle, others for the frames through the port at fault
-TAG = {"collectors": 40, "flap": 41, "qdisc": 42, "reload": 43, "disk": 44, "restart": 45,
-       "ghost": 50, "flap_check": 51, "qdisc_check": 52, "burst": 53, "burst_check": 54, "burst_healthy": 55,
+TAG = {"collectors": 40, "flap": 41, "qdisc": 42, "reload": 43, "disk": 44, "restart": 45, "policer": 46,
+       "policer_check": 59, "ghost": 50, "flap_check": 51, "qdisc_check": 52, "burst": 53, "burst_check": 54, "burst_healthy": 55,
        "disk_check": 56, "restart_check": 57, "healthy_check": 58}
 
 
@@ -195,6 +195,7 @@ def _main_agent(rwdir: Path, collector: Collector, faults: dict) -> None:
         _case(collector, faults, "collectors", lambda: _collectors(faults))
         _case(collector, faults, "flap", lambda: _flap(collector))
         _case(collector, faults, "qdisc", lambda: _qdisc_replaced(collector, faults))
+        _case(collector, faults, "policer", lambda: _policer(agent, collector, faults))
         _case(collector, faults, "reload", lambda: _bad_reload(agent, faults))
         _burst(agent, collector, faults)
         faults["log_before_disk_full"] = agent.log_path.read_text()
@@ -243,6 +244,57 @@ def _qdisc_replaced(collector: Collector, faults: dict) -> float:
     faults["qdisc_after"] = qdisc_kinds(VICTIM)
     faults["foreign_after"] = [f.get("pref") for f in _filters(VICTIM) if f.get("pref") == 10 and "options" in f]
     _check_port(collector, VICTIM, TAG["qdisc_check"])
+    return recovery
+
+
+# what Open vSwitch does with hw-offload when `ingress_policing_rate` is set: the matchall at priority 1,
+# whoever's it is, deleted, and its matchall + police put there (REFERENCE section 4), in one go
+POLICER_ON = (f"filter del dev {VICTIM} ingress prio 1\n"
+              f"filter add dev {VICTIM} ingress prio 1 handle 1 protocol all matchall action police rate 100mbit "
+              "burst 100k conform-exceed drop/pipe\n")
+POLICER_OFF = f"filter del dev {VICTIM} ingress prio 1\n"
+REPLACEMENTS = 2  # the policer re-applied (a new rate): a filter deletion at hwsflow's priority each time
+
+
+def _tc_batch(batch: str) -> None:
+    proc = subprocess.run(["tc", "-batch", "-"], input=batch, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tc -batch: {proc.stderr.strip()}")
+
+
+def _policers(port: str) -> list[int]:
+    return [f["pref"] for f in _filters(port) if f.get("kind") == "matchall" and "options" in f
+            and any(a.get("kind") == "police" for a in f["options"].get("actions", []))]
+
+
+def _policer(agent: AgentProcess, collector: Collector, faults: dict) -> float:
+    """Another program takes hwsflow's priority (OVS's policer): status says failed and why, the log says it
+    once, hwsflow leaves the policer alone, and samples again by itself once the priority is free."""
+    case: dict = {}
+    faults["policer_case"] = case
+    log_start = len(agent.log_path.read_text())
+    start = time.monotonic()
+    _tc_batch(POLICER_ON)
+    wait_for(lambda: port_row(VICTIM)["offload"] == "failed", DEADLINE, "the policed port shown failed")
+    case["failed_s"] = time.monotonic() - start
+    case["row_blocked"] = port_row(VICTIM)
+    wait_for(lambda: "police" in agent.log_path.read_text()[log_start:], DEADLINE, "the policer named in the log")
+    for _ in range(REPLACEMENTS):
+        _tc_batch(POLICER_ON)
+    # the replacements' heals, and the slow poll (core.heal.BLOCKED_POLL, 5 s) behind them, find the policer
+    # still there: time for them to run, so that the log shows they added nothing
+    wait_for(lambda: time.monotonic() - start > 7.0, DEADLINE, "the heals of a blocked port")
+    case["ours_blocked"] = ours(VICTIM)
+    case["policers_blocked"] = _policers(VICTIM)
+    case["row_still_blocked"] = port_row(VICTIM)
+    freed = time.monotonic()
+    _tc_batch(POLICER_OFF)
+    wait_for(lambda: ours(VICTIM), DEADLINE, "the filter back once the priority is free")
+    recovery = time.monotonic() - freed
+    wait_for(lambda: port_row(VICTIM)["offload"] != "failed", DEADLINE, "status no longer failed")
+    case["row_after"] = port_row(VICTIM)
+    case["log"] = agent.log_path.read_text()[log_start:]
+    _check_port(collector, VICTIM, TAG["policer_check"])
     return recovery
 
 

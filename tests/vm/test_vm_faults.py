@@ -18,7 +18,7 @@ from tests.vm.scenarios_faults import BURST, CHECK_FRAMES, HEALTHY, TAG, VICTIM
 # own measurements, while these cases also run tc and veth churn of their own under emulation: they get
 # a bound of a few seconds, and the README quotes what they measured
 REPAIR_BOUND = 3.0
-HEALTHY_CASES = ("collectors", "flap", "qdisc", "reload", "disk")
+HEALTHY_CASES = ("collectors", "flap", "qdisc", "policer", "reload", "disk")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,24 @@ def test_a_qdisc_replaced_by_another_program_gets_the_filter_back_beside_its_own
     assert faults["qdisc_after"] == ["ingress"]  # the other program's qdisc, not a clsact of hwsflow's
     assert faults["foreign_after"] == [10]
     assert sorted(seen[TAG["qdisc_check"]]) == list(range(CHECK_FRAMES))
+
+
+def test_a_policer_at_hwsflows_priority_is_left_alone_shown_failed_said_once_and_sampling_returns(faults, seen):
+    case = faults["policer_case"]
+    for row in (case["row_blocked"], case["row_still_blocked"]):
+        assert row["offload"] == "failed" and row["error_code"] == "priority_taken"
+        assert row["error"].startswith(f"port {VICTIM}: ingress priority 1 is held by another program's matchall "
+                                       "filter with a police action")
+        assert f"ovs-vsctl set interface {VICTIM} ingress_policing_rate=0" in row["error"]
+    assert case["ours_blocked"] == [] and case["policers_blocked"] == [1]  # never fought over
+    errors = [line for line in case["log"].splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 1 and "police" in errors[0], case["log"]  # once, through all the heals
+    assert "INFO port flt1: sampled again" in case["log"]
+    # the filter deletion event, SETTLE, one heal: within the bound of this file's other repairs, which
+    # share the emulated guest with tc and veth churn (the README quotes the figure)
+    assert faults["policer"]["recovery_s"] < REPAIR_BOUND
+    assert case["row_after"]["error"] is None and case["row_after"]["offload"] == "not_in_hw"
+    assert sorted(seen[TAG["policer_check"]]) == list(range(CHECK_FRAMES))
 
 
 def test_an_invalid_reload_keeps_the_running_config(faults):

@@ -7,11 +7,12 @@ import logging
 import pytest
 
 from hwsflow.core.heal import (
-    HEAL_POLL, QDISC_GRACE, RETRY_FIRST, RETRY_MAX, SETTLE, STUCK_AFTER, TRANSITIONS, Due, HealEvent, HealSchedule,
+    BLOCKED_POLL, HEAL_POLL, QDISC_GRACE, RETRY_FIRST, RETRY_MAX, SETTLE, STUCK_AFTER, TRANSITIONS, Due, HealEvent, HealSchedule,
     HealState,
 )
 
 VANISHED = "port p0: the ingress sample filter vanished right after it was added"
+POLICED = "port p0: ingress priority 1 is held by another program's matchall filter with a police action"
 
 
 def test_every_state_has_an_answer_to_every_event_it_can_meet():
@@ -92,3 +93,47 @@ def test_a_forgotten_port_is_not_healed():
     heals.filter_lost(3, now=0.0)
     heals.forget(3)
     assert heals.due(10.0) == [] and heals.next_at() is None
+
+
+def test_a_priority_held_by_another_program_is_an_error_at_once_and_only_once():
+    heals = HealSchedule()
+    line = heals.blocked(3, POLICED, now=10.0)
+    assert line is not None and line.level == logging.ERROR and POLICED in line.message
+    assert heals.state(3) is HealState.BLOCKED
+    assert heals.next_at() == pytest.approx(10.0 + BLOCKED_POLL)  # a slow poll, in case an event is lost
+    for now in (15.0, 20.0, 25.0):  # the polls and the periodic full check find it still there
+        heals.due(now)
+        assert heals.blocked(3, POLICED, now) is None
+    other = heals.blocked(3, POLICED.replace("police", "mirred"), now=30.0)
+    assert other is not None and other.level == logging.ERROR  # another condition: said too
+
+
+def test_a_blocked_port_is_tried_again_within_a_second_of_a_filter_deletion_at_its_priority():
+    heals = HealSchedule()
+    heals.blocked(3, POLICED, now=10.0)
+    heals.filter_lost(3, now=12.0)  # RTM_DELTFILTER at hwsflow's priority: the policer may be gone
+    assert heals.state(3) is HealState.SETTLING
+    assert heals.next_at() == pytest.approx(12.0 + SETTLE) and SETTLE < 1.0
+    assert heals.due(12.0 + SETTLE) == [Due(3, may_create_qdisc=True)]
+    recovered = heals.healed(3, "p0")
+    assert recovered is not None and recovered.level == logging.INFO and "sampled again" in recovered.message
+    assert heals.state(3) is HealState.IDLE and not heals.pending()
+
+
+def test_a_blocked_port_still_blocked_after_the_deletion_says_nothing_new():
+    heals = HealSchedule()
+    heals.blocked(3, POLICED, now=10.0)
+    heals.filter_lost(3, now=12.0)  # OVS replaced its policer: deleted, then added again
+    heals.due(12.0 + SETTLE)
+    assert heals.blocked(3, POLICED, now=12.3) is None and heals.state(3) is HealState.BLOCKED
+
+
+def test_a_filter_deletion_brings_a_far_retry_forward():
+    heals = HealSchedule()
+    heals.failed(3, VANISHED, now=0.0)
+    for now in (1.0, 3.0, 7.0, 15.0, 20.0):
+        heals.due(now)
+        heals.failed(3, VANISHED, now)
+    assert heals.next_at() - 20.0 == RETRY_MAX  # type: ignore[operator]
+    heals.filter_lost(3, now=16.0)
+    assert heals.next_at() == pytest.approx(16.0 + SETTLE)

@@ -1,4 +1,5 @@
-"""PortManager with a fake rtnetlink: an install that loses a race stays wanted and is healed later."""
+"""PortManager with a fake rtnetlink: an install that loses a race, or finds its priority taken by another
+program, stays wanted and is healed later; status tells the truth meanwhile."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_a_filter_lost_to_a_race_stays_wanted_and_is_healed(caplog):
     async def run():
         await ports.reconcile({3: LinkInfo("eth0")})
         retries = ports.take_retries()
-        assert list(retries) == [3] and "vanished right after it was added" in retries[3]
+        assert list(retries) == [3] and "vanished right after it was added" in (retries[3].failure or "")
+        assert not retries[3].blocked
         assert ports.take_retries() == {}
         port = ports.ports[3]
         assert [s.direction for s in port.specs] == ["ingress"] and port.error is None  # still wanted
@@ -58,3 +60,96 @@ def test_a_filter_lost_to_a_race_stays_wanted_and_is_healed(caplog):
 
     asyncio.run(run())
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+POLICED = ("port eth0: ingress priority 1 is held by another program's matchall filter with a police action; "
+           "hwsflow leaves it alone")
+
+
+class PolicedRtnl(FakeRtnl):
+    """Another program's policer holds priority 1 while `policed`; the port's qdisc is gone while `no_qdisc`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policed = True
+        self.no_qdisc = False
+        self.installed: dict[str, tc.FilterState] = {}
+
+    async def call(self, fn, *args):
+        if fn is tc.install:
+            spec = args[0]
+            if self.policed:
+                raise tc.PriorityTaken(POLICED)
+            self.installed[spec.direction] = self.state(spec)
+            return self.installed[spec.direction], False
+        if fn is tc.read_filter:
+            return self.installed.get(args[0].direction)
+        if fn is tc.ensure_qdisc:
+            created, self.no_qdisc = self.no_qdisc, False
+            return created
+        return {tc.own_groups: [], tc.holds_only_own: False}[fn]
+
+
+def _manager(rtnl: FakeRtnl) -> PortManager:
+    config = parse_config("targets: [192.0.2.10]\nports:\n  - name: eth0\n")
+    return PortManager(config, rtnl, GroupTable(config.group_base), RateLimiter())  # type: ignore[arg-type]
+
+
+def test_a_priority_held_by_another_program_shows_failed_with_the_reason_and_heals_once_free(caplog):
+    rtnl = PolicedRtnl()
+    ports = _manager(rtnl)
+    caplog.set_level(logging.INFO, logger="hwsflow")
+
+    async def run():
+        await ports.reconcile({3: LinkInfo("eth0")})
+        retries = ports.take_retries()
+        assert retries[3].blocked and retries[3].failure == POLICED
+        (row,) = ports.status_rows()
+        assert row["offload"] == "failed" and row["error"] == POLICED and row["error_code"] == "priority_taken"
+        assert ports.ports[3].specs and ports.groups.by_group  # still wanted, its group kept
+        outcome = await ports.heal(3)  # the policer is still there
+        assert outcome.blocked and outcome.failure == POLICED and outcome.healed == ()
+        assert ports.status_rows()[0]["offload"] == "failed"
+        rtnl.policed = False  # the operator removed it
+        outcome = await ports.heal(3)
+        assert outcome.healed == ("ingress",) and outcome.failure is None
+        (row,) = ports.status_rows()
+        assert row["offload"] == "not_in_hw" and row["error"] is None and row["error_code"] is None
+
+    asyncio.run(run())
+    # what is worth saying is the heal schedule's to say, once (tests/test_heal.py): nothing here
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_sampled_port_whose_filter_is_replaced_by_a_policer_is_no_longer_shown_sampled():
+    rtnl = PolicedRtnl()
+    rtnl.policed = False
+    ports = _manager(rtnl)
+
+    async def run():
+        await ports.reconcile({3: LinkInfo("eth0")})
+        assert ports.status_rows()[0]["offload"] == "not_in_hw"
+        rtnl.installed.clear()  # Open vSwitch deleted hwsflow's matchall at priority 1...
+        rtnl.policed = True  # ...and put its policer there
+        outcome = await ports.heal(3)
+        assert outcome.blocked
+        (row,) = ports.status_rows()
+        assert row["offload"] == "failed" and row["current_rate"] is None and "police" in row["error"]
+
+    asyncio.run(run())
+
+
+def test_a_clsact_qdisc_a_heal_creates_is_hwsflows_and_goes_at_stop():
+    rtnl = PolicedRtnl()
+    rtnl.policed = False
+    ports = _manager(rtnl)
+
+    async def run():
+        await ports.reconcile({3: LinkInfo("eth0")})
+        assert not ports.ports[3].created_qdisc  # the port had its qdisc
+        rtnl.installed.clear()
+        rtnl.no_qdisc = True  # its owner deleted it and did not come back: hwsflow makes a clsact
+        assert (await ports.heal(3)).healed == ("ingress",)
+        assert ports.ports[3].created_qdisc
+
+    asyncio.run(run())

@@ -98,3 +98,23 @@ def test_parse_filter_ignores_other_filters():
     decoded = TcMsg(msg.data)
     decoded.decode()
     assert tc.parse_filter(decoded, "ingress") is None
+
+
+def _spec() -> tc.FilterSpec:
+    return tc.FilterSpec(ifindex=5, ifname="vport1", direction="ingress", rate=1, group=7, trunc=128)
+
+
+def test_a_policer_at_hwsflows_priority_is_named_with_how_to_remove_it():
+    message = tc.priority_taken_message(_spec(), "matchall", ["police"])
+    assert "port vport1: ingress priority 1 is held by another program's matchall filter with a police action" \
+        in message
+    assert "Open vSwitch's ingress policer" in message
+    assert "ovs-vsctl set interface vport1 ingress_policing_rate=0" in message
+
+
+def test_another_filter_at_hwsflows_priority_is_named_with_the_priority_to_change():
+    message = tc.priority_taken_message(_spec(), "flower", [])
+    assert "held by another program's flower filter;" in message and "policer" not in message
+    assert "Set another `priority` for this port" in message
+    assert "unknown filter" in tc.priority_taken_message(_spec(), None, [])
+    assert tc.describe_holder("matchall", ["police", "mirred"]) == "matchall filter with a police + mirred actions"

@@ -276,7 +276,12 @@ class PortManager:
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
                     return HealOutcome(tuple(healed), waiting=True)  # its owner may be re-creating it: let it
                 created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
-                port.created_qdisc |= created  # removed at stop like the one made at install
+                if created:
+                    port.created_qdisc = True  # removed at stop like the one made at install
+                elif port.created_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) == "ingress":
+                    # hwsflow's clsact went and another program's ingress qdisc took its place (Open vSwitch
+                    # at port initialisation): when that one is deleted, its owner is waited for
+                    port.created_qdisc = False
                 cause = heal_cause(state is not None, created)
                 state, _ = await self.rtnl.call(tc.install, spec)
             except tc.PriorityTaken as err:

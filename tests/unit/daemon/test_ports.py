@@ -73,6 +73,7 @@ class PolicedRtnl(FakeRtnl):
         super().__init__()
         self.policed = True
         self.no_qdisc = False
+        self.qdisc_kind = "ingress"
         self.installed: dict[str, tc.FilterState] = {}
 
     async def call(self, fn, *args):
@@ -87,6 +88,8 @@ class PolicedRtnl(FakeRtnl):
         if fn is tc.ensure_qdisc:
             created, self.no_qdisc = self.no_qdisc, False
             return created
+        if fn is tc.find_clsact_kind:
+            return self.qdisc_kind
         return {tc.own_groups: [], tc.holds_only_own: False}[fn]
 
 
@@ -139,7 +142,7 @@ def test_a_sampled_port_whose_filter_is_replaced_by_a_policer_is_no_longer_shown
     asyncio.run(run())
 
 
-def test_a_clsact_qdisc_a_heal_creates_is_hwsflows_and_goes_at_stop():
+def test_a_clsact_qdisc_a_heal_creates_is_hwsflows_until_another_programs_qdisc_replaces_it():
     rtnl = PolicedRtnl()
     rtnl.policed = False
     ports = _manager(rtnl)
@@ -149,7 +152,14 @@ def test_a_clsact_qdisc_a_heal_creates_is_hwsflows_and_goes_at_stop():
         assert not ports.ports[3].created_qdisc  # the port had its qdisc
         rtnl.installed.clear()
         rtnl.no_qdisc = True  # its owner deleted it and did not come back: hwsflow makes a clsact
+        rtnl.qdisc_kind = "clsact"
         assert (await ports.heal(3)).healed == ("ingress",)
         assert ports.ports[3].created_qdisc
+        rtnl.installed.clear()  # its filter deleted alone: the clsact is still hwsflow's
+        assert (await ports.heal(3)).healed == ("ingress",) and ports.ports[3].created_qdisc
+        rtnl.installed.clear()
+        rtnl.qdisc_kind = "ingress"  # Open vSwitch replaced it with its own
+        assert (await ports.heal(3)).healed == ("ingress",)
+        assert not ports.ports[3].created_qdisc  # not hwsflow's to remove, and its owner is waited for
 
     asyncio.run(run())

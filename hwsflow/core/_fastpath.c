@@ -37,8 +37,8 @@ struct run_ctx {
 };
 
 /* attribute names, interned once: a look-up by a C string would make a str object every time */
-enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_SOURCE, A_IFINDEX, A_FLOW_SEQ, A_POOL, A_RESYNC_CREDIT, A_BUFFER, A_POSITION, A_COUNT };
-static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "source", "ifindex", "flow_seq", "pool", "resync_credit", "buffer", "position"};
+enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_SOURCE, A_IFINDEX, A_FLOW_SEQ, A_POOL, A_RESYNC_CREDIT, A_POOL_HOLD, A_BUFFER, A_POSITION, A_COUNT };
+static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "source", "ifindex", "flow_seq", "pool", "resync_credit", "pool_hold", "buffer", "position"};
 static PyObject *attr[A_COUNT];
 
 static int get_u64(PyObject *obj, enum attr name, uint64_t *out)
@@ -107,8 +107,9 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
     if (rc == 0 && s == ctx->nsources) {
         struct hws_source *st = &ctx->sources[s];
         if ((rc = get_u64(source, A_FLOW_SEQ, &st->flow_seq)) == 0 && (rc = get_u64(source, A_POOL, &st->pool)) == 0
-            && (rc = get_u64(source, A_DROPS, &st->drops)) == 0)
-            rc = get_u64(source, A_RESYNC_CREDIT, &st->resync_credit);
+            && (rc = get_u64(source, A_DROPS, &st->drops)) == 0
+            && (rc = get_u64(source, A_RESYNC_CREDIT, &st->resync_credit)) == 0)
+            rc = get_u64(source, A_POOL_HOLD, &st->pool_hold);
         if (rc == 0) {
             Py_INCREF(source);
             ctx->source_objs[ctx->nsources++] = source;
@@ -186,7 +187,8 @@ static int store(struct run_ctx *ctx)
         PyObject *src = ctx->source_objs[s];
         if (rc == 0 && (set_u64(src, A_FLOW_SEQ, st->flow_seq) < 0 || set_u64(src, A_POOL, st->pool) < 0
                         || set_u64(src, A_DROPS, st->drops) < 0
-                        || set_u64(src, A_RESYNC_CREDIT, st->resync_credit) < 0))
+                        || set_u64(src, A_RESYNC_CREDIT, st->resync_credit) < 0
+                        || set_u64(src, A_POOL_HOLD, st->pool_hold) < 0))
             rc = -1;
         Py_DECREF(src);
     }

@@ -26,6 +26,9 @@ class DataSource:
     # how far re-syncs lifted the pool above what samples counted: the packets of samples lost but not
     # yet seen as a GROUP_SEQ gap are in it, and must not be counted again when the gap shows
     resync_credit: int = 0
+    # how far the pool was ahead of the kernel's count at the last re-sync, less what samples have added
+    # since: samples fill this first, so the pool holds (it never goes back) until the kernel passes it
+    pool_hold: int = 0
 
     @property
     def samples(self) -> int:
@@ -33,16 +36,30 @@ class DataSource:
         return self.flow_seq
 
     def resync_pool(self, kernel_packets: int) -> None:
-        """Catch the pool up with the packets the kernel's sample actions saw; it never goes back."""
-        if kernel_packets > self.pool:
+        """Converge on the packets the kernel's sample actions saw, without ever going back.
+
+        Behind: the pool is lifted to the kernel's count.  Ahead (the estimate from samples x rate ran
+        over): the pool holds at what it is, and samples fill the difference before they advance it
+        again, so it stays ahead by no more than what samples have added since this reading.
+        """
+        if kernel_packets >= self.pool:
             self.resync_credit += kernel_packets - self.pool
             self.pool = kernel_packets
+            self.pool_hold = 0
+        else:
+            self.pool_hold = self.pool - kernel_packets
+
+    def advance(self, packets: int) -> None:
+        """Add packets that samples stood for: into the hold first while the pool is ahead."""
+        held = min(self.pool_hold, packets)
+        self.pool_hold -= held
+        self.pool += packets - held
 
     def add_lost(self, packets: int) -> None:
         """The packets that lost samples stood for, less what a re-sync has already counted."""
         absorbed = min(self.resync_credit, packets)
         self.resync_credit -= absorbed
-        self.pool += packets - absorbed
+        self.advance(packets - absorbed)
 
 
 @dataclass(slots=True)
@@ -77,4 +94,4 @@ class GroupBinding:
                 source.add_lost(gap * rate)  # lost samples stood for packets too
         self.last_group_seq = group_seq
         source.flow_seq += 1
-        source.pool += rate
+        source.advance(rate)

@@ -153,13 +153,17 @@ int hws_account(struct hws_group *group, uint32_t seq, uint32_t rate)
         lost = gap * rate; /* < 2**63 */
         absorbed = s->resync_credit < lost ? s->resync_credit : lost;
     }
+    /* DataSource.advance: lost packets then the sample's own, into the hold first while the pool is ahead */
     uint64_t add = lost - absorbed + rate;
+    uint64_t held = s->pool_hold < add ? s->pool_hold : add;
+    add -= held;
     if (s->pool > UINT64_MAX - add || s->drops > UINT64_MAX - gap || group->drops > UINT64_MAX - gap
         || s->flow_seq == UINT64_MAX)
         return 0;
     group->drops += gap;
     s->drops += gap;
     s->resync_credit -= absorbed;
+    s->pool_hold -= held;
     s->pool += add;
     group->last_seq = seq;
     group->has_last = 1;

@@ -60,7 +60,7 @@ struct hws_usual {
 int hws_decode(const struct hws_layout *layout, const uint8_t *msg, size_t len,
                struct hws_usual *out);
 
-struct hws_source { uint64_t flow_seq, pool, drops, resync_credit; };
+struct hws_source { uint64_t flow_seq, pool, drops, resync_credit, pool_hold; };
 struct hws_group {
     uint32_t ifindex;          /* the source's: its compact source_id and input */
     uint32_t header;           /* header bytes exported */

@@ -119,6 +119,84 @@ def test_pool_catches_up_with_the_kernel_counter_and_never_goes_back():
     s.sync_tc(60)
     s.source.resync_pool(s.tc_total)
     assert s.source.pool == 67  # an estimate ahead of the kernel is kept: the pool never decreases
+    s.account(3, 10)
+    assert s.source.pool == 70  # ...but while ahead, 7 of the next sample's 10 packets fill what it was over
+    s.account(4, 10)
+    assert s.source.pool == 80  # 60 counted by tc, then two samples of 10: it follows the kernel again
+
+
+def scripted(rate: int, script: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """Play ("samples", n) and ("tc", packets) steps; (pool, tc count) after each step."""
+    s = source(rate=rate)
+    seq, seen = 0, []
+    for step, n in script:
+        if step == "samples":
+            for _ in range(n):
+                s.account(seq, rate)
+                seq += 1
+        else:
+            s.sync_tc(n)
+            s.source.resync_pool(s.tc_total)
+        seen.append((s.source.pool, s.tc_total))
+    return seen
+
+
+def test_an_estimate_that_ran_ahead_converges_on_the_kernel_count():
+    # the acceptance run's numbers: 1-in-4, 820 samples (3,280 by samples x rate) against tc's 3,043
+    seen = scripted(4, [("samples", 820), ("tc", 3043), ("samples", 10), ("tc", 3100), ("samples", 30),
+                        ("tc", 3200), ("samples", 21), ("tc", 3230)])
+    pools = [pool for pool, _ in seen]
+    assert pools == sorted(pools)  # never decreases
+    assert seen[1] == (3280, 3043)  # ahead: kept, not lowered
+    assert seen[2] == (3280, 3043)  # 10 samples (40 packets) fill the 237 it was over: the pool holds
+    assert seen[3] == (3280, 3100)  # still ahead by 180: the hold is now that
+    assert seen[4] == (3280, 3100)  # 30 samples (120 packets) still inside the hold
+    assert seen[5] == (3280, 3200)
+    assert seen[6] == (3284, 3200)  # 21 samples: 80 fill the hold, one of 4 goes past it: 3,200 + 21 x 4
+    assert seen[7] == (3284, 3230)  # the kernel is at 3,230, the pool 54 ahead and holding
+    # then the kernel passes it, and the next re-sync lifts the pool to tc's count exactly
+    tail = scripted(4, [("samples", 820), ("tc", 3043), ("tc", 3500)])
+    assert tail[-1] == (3500, 3500)
+
+
+def test_the_pool_is_never_ahead_by_more_than_samples_added_since_the_last_resync():
+    # random walk: each round the estimate runs over or under the kernel by a few samples' worth
+    import random
+    rng = random.Random(17)
+    s = source(rate=4)
+    seq = tc = 0
+    for _ in range(2000):
+        n = rng.randrange(0, 20)
+        tc += 4 * n + rng.randrange(-12, 13) if 4 * n > 12 else 4 * n
+        before = s.source.pool
+        for _ in range(n):
+            s.account(seq, 4)
+            seq += 1
+        assert s.source.pool >= before
+        kernel_at_sync = s.tc_total
+        s.sync_tc(tc)
+        s.source.resync_pool(s.tc_total)
+        # after a reading: at the kernel's count, or ahead by at most what the samples since the last
+        # reading added (4 per sample)
+        assert s.tc_total <= s.source.pool <= max(s.tc_total, before, kernel_at_sync + 4 * n)
+        assert s.source.pool - s.tc_total <= max(before - s.tc_total, 4 * n, 0)
+    assert s.source.pool - s.tc_total <= 4 * 20 + 12  # bounded, not a random walk
+
+
+def test_a_hold_and_a_loss_credit_both_stand():
+    # a re-sync lifted the pool for lost samples not yet seen (credit), a later one finds it ahead (hold):
+    # the gap's packets are still not counted twice, and the rest fills the hold
+    source = DataSource(ifindex=7, ifname="eno1")
+    binding = GroupBinding(group=1, direction="ingress", rate=1, header=128, source=source)
+    for seq in range(1, 11):
+        binding.account(seq, 1)
+    source.resync_pool(15)  # 5 samples lost in the kernel, not yet seen: credit 5
+    source.resync_pool(13)  # a reading below: the pool (15) holds 2
+    binding.account(16, 1)  # the gap of 5 shows: credited, then the sample's 1 packet goes into the hold
+    assert (source.pool, source.drops, source.resync_credit, source.pool_hold) == (15, 5, 0, 1)
+    binding.account(17, 1)
+    binding.account(18, 1)
+    assert source.pool == 16
 
 
 def test_tc_counter_restart_after_reinstall_keeps_counting():

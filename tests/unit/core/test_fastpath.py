@@ -317,13 +317,15 @@ def test_fast_decode_takes_every_undamaged_usual_message(attrs):
 
 
 def make_pipeline(headers: tuple[int, ...], max_size: int, expanded: bool, agent: str,
-                  compiled: bool = False, counters: int = 0) -> SamplePipeline:
-    """Ports bound as PORTS says; counters: where every source's flow_seq, pool and drops start."""
+                  compiled: bool = False, counters: int = 0, credit: int = 0, hold: int = 0) -> SamplePipeline:
+    """Ports bound as PORTS says; counters: where every source's flow_seq, pool and drops start; credit
+    and hold: what re-syncs left (packets already counted for lost samples, the pool ahead of tc's count)."""
     groups = GroupTable(GROUP_BASE)
     for i, ((ifindex, direction), header) in enumerate(zip(PORTS, headers)):
         groups.bind(ifindex, f"p{i}", direction, 10, header, wanted=GROUP_BASE + i)
     for source in groups.sources.values():
         source.flow_seq = source.pool = source.drops = counters
+        source.resync_credit, source.pool_hold = credit, hold
     pipeline = SamplePipeline(DatagramBuilder(agent, max_size=max_size, expanded=expanded), groups, FAMILY,
                               compiled=compiled)
     pipeline.set_links([1, 7, 9, 0x12345, 0x1000000])
@@ -364,6 +366,10 @@ setups = st.fixed_dictionaries({
     # where the sources' counters start: 0, just below sFlow's 32-bit wrap, near and beyond 2**64 (the
     # compiled loop leaves a group it cannot hold in 64 bits to the Python path)
     "counters": st.sampled_from([0, 0, 2**32 - 3, 2**64 - 40, 2**70]),
+    # re-sync state at the start, in packets (each sample here is 1-in-10): none, part of a sample, a few
+    # samples, and beyond 64 bits (the Python path's)
+    "credit": st.sampled_from([0, 0, 7, 35, 2**65]),
+    "hold": st.sampled_from([0, 0, 7, 35, 2**65]),
 })
 # slack after the longest message: 0 makes the stride exactly the longest message (the fast layout's
 # 84 bytes when every message is that short), odd values leave slots unaligned

@@ -70,6 +70,9 @@ class PortSettings:
     offload: Offload
     priority: int
     chain: int
+    # `sampling: auto`: the rate comes from the link's speed (core.sampling); sampling is then the
+    # default for a link that reports none
+    sampling_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": DEFAULT_CONTROL_SOCKET,
     "metrics": None,
 })
-_PORT_SETTING_KEYS = tuple(PortSettings.__dataclass_fields__)
+_PORT_SETTING_KEYS = tuple(name for name in PortSettings.__dataclass_fields__ if name != "sampling_auto")
+SAMPLING_AUTO = "auto"
 _SELECTOR_KEYS = ("name", "match", "switch_id", "port_name")
 _PORT_KEYS = (*_SELECTOR_KEYS, "group", *_PORT_SETTING_KEYS)
 _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling", "group_base",
@@ -331,6 +335,27 @@ def _int(key: str, value: object, limits: _IntRange) -> int:
     return value
 
 
+def _sampling(key: str, value: object) -> int | str:
+    """1-in-N, or auto (the rate from the link's speed)."""
+    if value == SAMPLING_AUTO:
+        return SAMPLING_AUTO
+    limits = _INT_RANGES["sampling"]
+    if isinstance(value, str):
+        raise _Invalid(key, f"must be an integer from {limits.lo} to {limits.hi} or {SAMPLING_AUTO} "
+                            f"(the rate from the link speed), got {_describe(value)}")
+    return _int(key, value, limits)
+
+
+def _sampling_given(checked: int | str | None) -> dict[str, object]:
+    """The PortSettings fields a valid sampling value sets: a number replaces an inherited auto; auto
+    keeps the inherited number as the default for links that report no speed."""
+    if checked is None:
+        return {}
+    if checked == SAMPLING_AUTO:
+        return {"sampling_auto": True}
+    return {"sampling": checked, "sampling_auto": False}
+
+
 def _bool(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(key, f"must be true or false, got {_describe(value)}")
@@ -473,6 +498,9 @@ def _port_settings(problems: _Problems, mapping: dict[str, Any], prefix: str, ba
     for name in _PORT_SETTING_KEYS:
         if name in mapping:
             key, value = _join(prefix, name), mapping[name]
+            if name == "sampling":
+                given.update(_sampling_given(problems.check(_sampling, key, value)))
+                continue
             checked: object
             if name in _CHOICES:
                 checked = problems.check(_choice, key, value, _CHOICES[name])

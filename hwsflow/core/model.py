@@ -78,6 +78,7 @@ class LinkInfo:
     # (switch_id_text turns the attribute's bytes into it); None when the port is not a switchdev port
     switch_id: str | None = None
     port_name: str | None = None  # IFLA_PHYS_PORT_NAME: "p0" (uplink), "pf0vf3" (VF representor), "pf0"; None if absent
+    speed_bps: int = 0  # /sys/class/net/X/speed in bit/s, for `sampling: auto`; 0 when the driver reports none
 
 
 def switch_id_text(raw: bytes) -> str:

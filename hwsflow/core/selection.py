@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from hwsflow.core.config import Config, PortSettings
 from hwsflow.core.model import Direction, LinkInfo, directions_of
 from hwsflow.core.control import Enable
+from hwsflow.core.sampling import RateChoice, choose_rate
 
 # by interface name: settings `hwsflow enable` gave, or None for `hwsflow disable`
 Overrides = Mapping[str, "PortSettings | None"]
@@ -26,6 +27,8 @@ class PortPlan:
     settings: PortSettings
     receive_group: int | None = None  # receive-only: map this group to the port, install nothing
     runtime: bool = False  # set by `hwsflow enable`, not by the config file
+    rate_from: str = "config"  # why settings.sampling is what it is (core.sampling.RateChoice.source)
+    speed_bps: int = 0  # the link speed `sampling: auto` used
 
     @property
     def directions(self) -> list[Direction]:
@@ -41,6 +44,7 @@ def enabled_settings(config: Config, link: LinkInfo, request: Enable) -> PortSet
     return replace(
         base,
         sampling=request.rate,
+        sampling_auto=False,
         direction=request.direction or base.direction,
         header=request.header or base.header,
     )
@@ -53,7 +57,15 @@ def plan_port(config: Config, ifindex: int, link: LinkInfo, overrides: Overrides
     rule = config.rule_for(link)
     if rule is None:
         return None
-    return PortPlan(ifindex, link.ifname, rule.settings, receive_group=rule.group)
+    settings = rule.settings
+    choice = choose_rate(settings.sampling, settings.sampling_auto, link.speed_bps)
+    return PortPlan(ifindex, link.ifname, replace(settings, sampling=choice.rate), receive_group=rule.group,
+                    rate_from=choice.source, speed_bps=choice.speed_bps)
+
+
+def rate_choice(plan: PortPlan) -> RateChoice:
+    """What status says about the plan's rate."""
+    return RateChoice(plan.settings.sampling, plan.rate_from, plan.speed_bps)
 
 
 def plan_all(config: Config, links: Mapping[int, LinkInfo], overrides: Overrides) -> dict[int, PortPlan]:

@@ -106,6 +106,8 @@ def render(status: dict[str, Any]) -> str:
     for port in ports:
         if port.get("error"):
             lines.append(f"  {port['port']}: {port['error']}")
+        if port.get("rate_from", "configured") != "configured":
+            lines.append(f"  {port['port']}: 1-in-{port['rate']} ({port['rate_from']})")
     if any(p["offload"] == "not_in_hw" for p in ports):
         lines.append(NOT_IN_HW_NOTE)
     if any(p["offload"] == "receive-only" for p in ports):

@@ -22,7 +22,8 @@ from hwsflow.core.control import Disable, Enable, RequestError
 from hwsflow.core.groups import GroupTable
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.linux.rtnl import RtnlWorker, hosts_of_own_filters
-from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all, plan_port
+from hwsflow.core import sampling
+from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all, plan_port, rate_choice
 
 log = logging.getLogger("hwsflow")
 
@@ -388,5 +389,6 @@ class PortManager:
                 "error": port.error, "error_code": port.error_code, "heals": dict(port.heals),
                 # the filters' rate as the kernel reports it (the highest, should directions differ)
                 "current_rate": max(rates) if rates else None,
+                "rate_from": sampling.describe(rate_choice(plan)),
             })
         return rows

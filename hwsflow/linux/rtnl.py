@@ -46,10 +46,12 @@ class RtnlWorker:
 
 def _link_info(msg: Any) -> LinkInfo:
     switch_id = msg.get_attr("IFLA_PHYS_SWITCH_ID")  # pyroute2 decodes it as "00:15:4d:..."
+    ifname = msg.get_attr("IFLA_IFNAME")
     return LinkInfo(
-        ifname=msg.get_attr("IFLA_IFNAME"),
+        ifname=ifname,
         switch_id=switch_id.replace(":", "").lower() if switch_id else None,
         port_name=msg.get_attr("IFLA_PHYS_PORT_NAME") or None,
+        speed_bps=_speed_bps(ifname),
     )
 
 
@@ -77,12 +79,17 @@ def _sysfs(ifname: str, name: str) -> str:
         return ""
 
 
+def _speed_bps(ifname: str) -> int:
+    """sysfs speed (Mbit/s) in bit/s; 0 when unknown (-1, empty, or a link that answers EINVAL)."""
+    speed = _sysfs(ifname, "speed")
+    return int(speed) * 1_000_000 if speed.isdigit() else 0
+
+
 def link_state(ipr: IPRoute, ifindex: int, ifname: str) -> LinkState:
     """The port's flags and 64-bit stats (rtnetlink) with speed and duplex (sysfs: rtnetlink has neither)."""
     (msg,) = ipr.get_links(ifindex)
     flags = msg["flags"]
     stats = msg.get_attr("IFLA_STATS64") or {}
-    speed = _sysfs(ifname, "speed")
     return LinkState(
         ifindex=ifindex,
         ifname=ifname,
@@ -90,7 +97,7 @@ def link_state(ipr: IPRoute, ifindex: int, ifname: str) -> LinkState:
         admin_up=bool(flags & IFF_UP),
         oper_up=bool(flags & IFF_RUNNING),
         promisc=bool(flags & IFF_PROMISC),
-        speed_bps=int(speed) * 1_000_000 if speed.isdigit() else 0,
+        speed_bps=_speed_bps(ifname),
         duplex=_sysfs(ifname, "duplex") or "unknown",
         stats={k: v for k, v in dict(stats).items() if isinstance(v, int)},
     )

@@ -643,6 +643,7 @@ def test_example_commented_rules_parse_with_the_active_ones():
         PortRule(None, None, "00154d1234", "pf0vf*", None, PortSettings(1000, 128, "ingress", "auto", 1, 0)),
         PortRule(None, None, "00154d1234", "p0", None, PortSettings(400, 128, "both", "auto", 1, 0)),
         named("enp4s0f0_2", group=7),
+        globbed("eno*", replace(DEFAULT_SETTINGS, sampling_auto=True)),
     )
     assert config.rule_for(LinkInfo("enp4s0f0_5", "00154d1234", "pf0vf3")).settings.sampling == 1000
     assert config.rule_for(LinkInfo("enp4s0f0np0", "00154d1234", "p0")).settings.direction == "both"

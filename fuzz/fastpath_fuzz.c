@@ -131,7 +131,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     for (int g = 0; g < GROUPS; g++) {
-        ctx.sources[g] = (struct hws_source){start, start, start, start / 2};
+        /* a credit and a hold from earlier re-syncs: both are spent before the pool advances */
+        ctx.sources[g] = (struct hws_source){.flow_seq = start, .pool = start, .drops = start, .resync_credit = start / 2,
+                                             .pool_hold = start / 3};
         ctx.groups[g] = (struct hws_group){.ifindex = 7 + g, .header = header, .has_last = g % 2,
                                            .last_seq = 0xFFFFFFFEu, .source = &ctx.sources[g % 2 ? g : 0]};
     }

@@ -52,6 +52,13 @@ LOSS_POLLING = 1  # s: counter samples mark the pool re-syncs
 LOSS_PRE, LOSS_BURST, LOSS_POST = 50, 1000, 20
 TAG_A_PRE, TAG_B_PRE, TAG_A_BURST, TAG_A_POST, TAG_B_POST = 30, 31, 32, 33, 34
 
+# converge: another program's sample filter on B feeds A's psample group, so A's pool runs ahead of the
+# count of A's own action by CONV_FOREIGN; then A's own traffic (more than that lead) must bring it back
+CONV_POLLING = 5  # s: re-syncs seldom land inside a burst (one that does leaves what is queued, see the test)
+CONV_PRE, CONV_FOREIGN, CONV_TRAFFIC, CONV_LATE = 20, 400, 800, 20
+FOREIGN_PRIO = 9
+TAG_CONV_PRE, TAG_FOREIGN, TAG_CONV, TAG_CONV_LATE = 40, 41, 42, 43
+
 # Ethernet + IPv4 + UDP to a MAC that is not the port's: the receiving stack drops it as PACKET_OTHERHOST
 _ID = struct.Struct(">4sHI")  # magic, tag, index: frames.MAGIC's layout
 FRAME_LEN = 60  # the Ethernet minimum without FCS
@@ -207,7 +214,7 @@ class Run:
             found["netlink"] = str(err)
         with self.collector.lock:
             blobs = list(self.collector.datagrams["v4"])
-        for tag in range(TAG_EST, TAG_B_POST + 1):
+        for tag in range(TAG_EST, TAG_CONV_LATE + 1):
             indexes = self.collector.seen("v4", tag)
             if indexes:
                 found["seen"][tag] = [len(indexes), min(indexes), max(indexes)]
@@ -333,13 +340,49 @@ def scenario_loss(rwdir: Path, out: dict) -> None:
         result["udp_errors_after"] = udp_errors()
 
 
+def sample_group(port: str) -> int:
+    """The psample group of hwsflow's ingress sample action on the port."""
+    found = [action["group"] for flt in tc_json("filter", "show", "dev", port, "ingress") if "options" in flt
+             for action in flt["options"].get("actions", []) if action.get("kind") == "sample"]
+    if len(found) != 1:
+        raise RuntimeError(f"port {port}: expected one sample action, found {found}")
+    return int(found[0])
+
+
+def scenario_converge(rwdir: Path, out: dict) -> None:
+    """A's pool forced ahead of tc's count by a foreign filter on B sending to A's group, then brought back."""
+    result = out.setdefault("accounting", {})["converge"] = {}
+    config = agent_config(f"  - name: {PORT_A}\n", polling=CONV_POLLING)
+    with scenario_run(rwdir, out, "converge", config, result) as run:
+        result["ready_s"] = run.agent.wait_ready()
+        send_from_namespace(PEER_A, TAG_CONV_PRE, CONV_PRE)
+        wait_all(run.collector, TAG_CONV_PRE, CONV_PRE, "every sample of A's first frames")
+        group = result["group"] = sample_group(PORT_A)
+        sh("tc", "qdisc", "add", "dev", PORT_B, "clsact")
+        try:
+            sh("tc", "filter", "add", "dev", PORT_B, "ingress", "prio", str(FOREIGN_PRIO), "matchall",
+               "action", "sample", "rate", "1", "group", str(group))
+            send_from_namespace(PEER_B, TAG_FOREIGN, CONV_FOREIGN)
+            wait_all(run.collector, TAG_FOREIGN, CONV_FOREIGN, "every foreign sample, as A's")
+        finally:
+            sh("tc", "qdisc", "del", "dev", PORT_B, "clsact", check=False)
+        result["tc_after_foreign"] = action_packets(PORT_A)
+        result["resync_wait_s"] = run.wait_resynced(PORT_A, TAG_FOREIGN, CONV_FOREIGN - 1)
+        send_from_namespace(PEER_A, TAG_CONV, CONV_TRAFFIC)
+        wait_all(run.collector, TAG_CONV, CONV_TRAFFIC, "every sample of A's traffic")
+        run.wait_resynced(PORT_A, TAG_CONV, CONV_TRAFFIC - 1)
+        send_from_namespace(PEER_A, TAG_CONV_LATE, CONV_LATE)
+        wait_all(run.collector, TAG_CONV_LATE, CONV_LATE, "every sample of A's late frames")
+        result["tc_final"] = action_packets(PORT_A)
+
+
 def first_seen(collector: Collector, tag: int) -> int:
     """The lowest index of a frame with this tag whose sample reached the collector, once one did."""
     wait_for(lambda: collector.seen("v4", tag), TRAFFIC_DEADLINE, f"a sample of a frame tagged {tag}")
     return min(collector.seen("v4", tag))
 
 
-SCENARIOS = [scenario_estimate, scenario_loss]
+SCENARIOS = [scenario_estimate, scenario_loss, scenario_converge]
 
 
 if __name__ == "__main__":

@@ -376,13 +376,57 @@ def scenario_converge(rwdir: Path, out: dict) -> None:
         result["tc_final"] = action_packets(PORT_A)
 
 
+def sample_rate(port: str) -> int:
+    """The rate of hwsflow's ingress sample action on the port, as the kernel has it."""
+    found = [action["rate"] for flt in tc_json("filter", "show", "dev", port, "ingress") if "options" in flt
+             for action in flt["options"].get("actions", []) if action.get("kind") == "sample"]
+    if len(found) != 1:
+        raise RuntimeError(f"port {port}: expected one sample action, found {found}")
+    return int(found[0])
+
+
+AUTO_DEFAULT = 7  # the top-level sampling an auto port gets when its link reports no speed
+AUTO_DUMMY = "hsd0"  # a dummy link: no speed in sysfs
+AUTO_SOCKET = "/run/hwsflow-auto/control.sock"
+
+
+def scenario_auto(rwdir: Path, out: dict) -> None:
+    """`sampling: auto` on a veth (whose speed sysfs shows) and on a dummy link (none): the kernel's rates."""
+    from hwsflow.core.control import Status
+    from hwsflow.linux.control_socket import request
+    result = out.setdefault("accounting", {})["auto"] = {}
+    sh("ip", "link", "add", AUTO_DUMMY, "type", "dummy")
+    sh("ip", "link", "set", AUTO_DUMMY, "up")
+    try:
+        socket_path = AUTO_SOCKET  # on the guest's own /run: the shared rwdir cannot hold a unix socket
+        config = agent_config(f"  - name: {PORT_A}\n    sampling: auto\n  - name: {AUTO_DUMMY}\n    sampling: auto\n",
+                              polling=0).replace("sampling: 1\n", f"sampling: {AUTO_DEFAULT}\ncontrol_socket: {socket_path}\n", 1)
+        with scenario_run(rwdir, out, "auto", config, result) as run:
+            result["ready_s"] = run.agent.wait_ready()
+            result["speed"] = {p: Path(f"/sys/class/net/{p}/speed").read_text().strip() if _readable_speed(p) else ""
+                               for p in (PORT_A, AUTO_DUMMY)}
+            result["rate"] = {p: sample_rate(p) for p in (PORT_A, AUTO_DUMMY)}
+            status = request(socket_path, Status(), timeout=TRAFFIC_DEADLINE)["status"]
+            result["status_ports"] = {row["port"]: [row["rate"], row.get("rate_from")] for row in status["ports"]}
+    finally:
+        sh("ip", "link", "del", AUTO_DUMMY, check=False)
+
+
+def _readable_speed(port: str) -> bool:
+    try:
+        Path(f"/sys/class/net/{port}/speed").read_text()
+        return True
+    except OSError:  # EINVAL: the driver reports no speed
+        return False
+
+
 def first_seen(collector: Collector, tag: int) -> int:
     """The lowest index of a frame with this tag whose sample reached the collector, once one did."""
     wait_for(lambda: collector.seen("v4", tag), TRAFFIC_DEADLINE, f"a sample of a frame tagged {tag}")
     return min(collector.seen("v4", tag))
 
 
-SCENARIOS = [scenario_estimate, scenario_loss, scenario_converge]
+SCENARIOS = [scenario_estimate, scenario_loss, scenario_converge, scenario_auto]
 
 
 if __name__ == "__main__":

@@ -260,6 +260,26 @@ def test_the_convergence_check_fails_on_a_pool_left_ahead(converge, ports):
                         converge["tc_final"])
 
 
+# ---------------------------------------------------------------- sampling: auto
+
+
+def expected_auto_rate(speed_text: str) -> int:
+    """What `sampling: auto` must give a link whose sysfs speed reads speed_text (Mbit/s; "" or -1: none)."""
+    return max(int(speed_text), 100) if speed_text.isdigit() else sa.AUTO_DEFAULT
+
+
+def test_sampling_auto_installs_the_rate_for_the_link_speed_or_the_default(accounting):
+    auto = accounting["auto"]
+    assert auto["speed"][sa.AUTO_DUMMY] in ("", "-1")  # the fallback is exercised: a dummy reports no speed
+    for port in (sa.PORT_A, sa.AUTO_DUMMY):
+        assert auto["rate"][port] == expected_auto_rate(auto["speed"][port]), (port, auto)
+        assert auto["status_ports"][port][0] == auto["rate"][port]
+    assert auto["status_ports"][sa.AUTO_DUMMY][1] == "auto: no link speed reported, the default rate"
+    if auto["speed"][sa.PORT_A].isdigit():
+        assert auto["status_ports"][sa.PORT_A][1] == f"auto: link speed {int(auto['speed'][sa.PORT_A])} Mbit/s"
+    print(f"sampling auto: sysfs speed {auto['speed']}, rates in the kernel {auto['rate']}")
+
+
 # ---------------------------------------------------------------- each check can fail
 
 

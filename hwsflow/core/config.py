@@ -23,9 +23,11 @@ from hwsflow.core.model import (
     DEFAULT_CONTROL_SOCKET, DIRECTION_CHOICES, GROUP_MAX, GROUP_MIN, GROUP_ROOM, HEADER_MAX, HEADER_MIN, OFFLOADS,
     U32_MAX, DirectionChoice, LinkInfo, Offload, PortSelector, is_ifname,
 )
+from hwsflow.wire.sflow import LARGEST_SAMPLE_ROOM
 
 DEFAULT_COLLECTOR_PORT = 6343  # sFlow's IANA port
-SAMPLE_ROOM = 200  # datagram header + flow sample + record headers, beyond the sampled header bytes
+# datagram header + flow sample + every record that may come with it, beyond the sampled header bytes
+SAMPLE_ROOM = LARGEST_SAMPLE_ROOM
 MAX_SWITCH_ID = 32  # bytes: the kernel's MAX_PHYS_ITEM_ID_LEN
 SUN_PATH = 108  # bytes of sockaddr_un.sun_path, NUL included
 # bytes of a config file: tens of thousands of port rules fit, and parsing stays within seconds (3-4 s a MiB)
@@ -686,9 +688,11 @@ def _check_datagram_size(datagram_size: int, headers: list[tuple[str, int]]) -> 
     """A sample must fit an empty datagram, or it could never be sent.  headers: (key, header) of the
     defaults and of each rule."""
     key, header = max(headers, key=lambda pair: pair[1])  # max keeps the first of equals: the one written
-    if datagram_size < header + SAMPLE_ROOM:
+    padded = (header + 3) & ~3  # sFlow pads the header bytes to 4
+    if datagram_size < padded + SAMPLE_ROOM:
+        term = key if padded == header else f"{key} padded to {padded}"
         raise _Invalid("datagram_size", f"{datagram_size} cannot hold one sample of {key} {header}: "
-                                        f"it must be at least {key} + {SAMPLE_ROOM} = {header + SAMPLE_ROOM}")
+                                        f"it must be at least {term} + {SAMPLE_ROOM} = {padded + SAMPLE_ROOM}")
 
 
 def _config(document: object, path: str) -> Config:

@@ -394,3 +394,12 @@ def encode_tunnel_ip(ingress: bool, length: int, protocol: int, src: bytes, dst:
 def encode_vni(ingress: bool, vni: int) -> bytes:
     """extended_vni_ingress (0:1030) or extended_vni_egress (0:1029), tag and length included."""
     return _U32_RECORD_PACK(VNI_INGRESS if ingress else VNI_EGRESS, 4, vni & _U32_MASK)
+
+
+# The most bytes a datagram holding one flow sample needs beyond the sampled header's (padded) bytes: an IPv6
+# agent's datagram header, the expanded flow sample, an IPv6 tunnel record, its VNI and the three queue records.
+# A datagram_size below header + this would cut the header of such a sample.
+LARGEST_SAMPLE_ROOM = (
+    _DGRAM_START.size + 16 + _U32.size + _DGRAM_TAIL.size
+    + _FLOW_EXPANDED.size + _SAMPLED_IPV6.size + 4 * _U32_RECORD.size
+)

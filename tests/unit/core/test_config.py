@@ -16,6 +16,7 @@ from hwsflow.core.config import (
     Config,
     ConfigError,
     PortRule,
+    SAMPLE_ROOM,
     PortSettings,
     Target,
     global_changes,
@@ -564,16 +565,16 @@ def test_name_and_glob_with_same_text_are_distinct_rules():
 
 
 def test_datagram_size_must_hold_the_global_header():
-    err = config_error(with_top("header: 1024\ndatagram_size: 1223"))
+    err = config_error(with_top("header: 1024\ndatagram_size: 1251"))
     assert err.key == "datagram_size"
-    assert err.reason == "1223 cannot hold one sample of header 1024: it must be at least header + 200 = 1224"
+    assert err.reason == "1251 cannot hold one sample of header 1024: it must be at least header + 228 = 1252"
 
 
 def test_datagram_size_must_hold_a_port_header():
     err = config_error("datagram_size: 300\ntargets: [192.0.2.1]\nports: [{name: eth0}, {name: eth1, header: 150}]")
     assert err.key == "datagram_size"
     assert "ports[1].header 150" in err.reason
-    assert "ports[1].header + 200 = 350" in err.reason
+    assert f"ports[1].header padded to 152 + {SAMPLE_ROOM} = {152 + SAMPLE_ROOM}" in err.reason
 
 
 def test_datagram_size_names_the_global_header_when_a_port_inherits_it():
@@ -583,8 +584,17 @@ def test_datagram_size_names_the_global_header_when_a_port_inherits_it():
 
 
 def test_datagram_size_just_large_enough():
-    config = parse_config("datagram_size: 256\nheader: 56\ntargets: [192.0.2.1]\nports: [{name: eth0}]")
-    assert config.datagram_size == 256
+    size = 56 + SAMPLE_ROOM
+    config = parse_config(f"datagram_size: {size}\nheader: 56\ntargets: [192.0.2.1]\nports: [{{name: eth0}}]")
+    assert config.datagram_size == size
+    assert "datagram_size" in config_error(f"datagram_size: {size - 1}\nheader: 56\ntargets: [192.0.2.1]\n"
+                                           "ports: [{name: eth0}]").key
+
+
+def test_datagram_size_counts_the_header_padded_to_four():
+    """sFlow pads the header bytes: a 57-byte header takes 60, and a datagram_size without them would cut it."""
+    err = config_error(f"datagram_size: {57 + SAMPLE_ROOM}\nheader: 57\ntargets: [192.0.2.1]\nports: [{{name: eth0}}]")
+    assert f"header padded to 60 + {SAMPLE_ROOM} = {60 + SAMPLE_ROOM}" in err.reason
 
 
 # ------------------------------------------------------------------ settings_for precedence

@@ -323,16 +323,18 @@ def test_tunnel_and_queue_records_together():
 
 
 def test_the_largest_tunnel_sample_fits_the_configured_room():
-    """config.SAMPLE_ROOM's promise holds with tunnel records: an IPv6 agent, expanded, IPv6 outer and a VNI."""
+    """config.SAMPLE_ROOM's promise holds with every record at once: an IPv6 agent, expanded, IPv6 outer, a VNI
+    and the three queue records."""
     from hwsflow.core.config import SAMPLE_ROOM
 
     groups = GroupTable(1000)
     groups.bind(0xFFFFFFFF, "p0", "ingress", 1, 1024)
     fed = SamplePipeline(DatagramBuilder("2001:db8::1", max_size=1024 + SAMPLE_ROOM, expanded=True), groups, FAMILY)
     key = psample.TunnelKey(id=1, ipv6_src=V6_SRC, ipv6_dst=V6_DST, tos=1, tp_src=1, tp_dst=2)
-    msg = psample.build_message(kernel_sample(0, data=bytes(1024), orig_size=9000, tunnel=key), FAMILY)
+    msg = psample.build_message(kernel_sample(0, data=bytes(1024), orig_size=9000, tunnel=key, out_tc=1,
+                                              out_tc_occ=2, latency=3), FAMILY)
     fed.feed(msg, len(msg), 1)
     fed.flush(1)
     (sample,) = sflow_ref.parse_datagram(fed.take()[0])["samples"]
     assert sample["records"][0]["header_length"] == 1024
-    assert [r["format"] for r in sample["records"]] == [1, 1026, 1030]
+    assert [r["format"] for r in sample["records"]] == [1, 1026, 1030, 1036, 1040, 1039]

@@ -30,8 +30,9 @@ CTRL_ATTR_FAMILY_NAME = 2
 CTRL_ATTR_MCAST_GROUPS = 7
 CTRL_ATTR_MCAST_GRP_NAME = 1
 CTRL_ATTR_MCAST_GRP_ID = 2
-_U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
+# netlink attribute payloads are in host byte order
+NLA_U16 = struct.Struct("=H")
+NLA_U32 = struct.Struct("=I")
 
 
 class MalformedMessage(ValueError):
@@ -109,7 +110,7 @@ def parse_family_reply(buf: bytes | bytearray | memoryview, name: str) -> Family
         family_id, groups = 0, {}
         for attr_type, vstart, vend in iter_attrs(buf, start + HEADERS_LEN, stop):
             if attr_type == CTRL_ATTR_FAMILY_ID:
-                family_id = _U16.unpack_from(buf, vstart)[0]
+                family_id = NLA_U16.unpack_from(buf, vstart)[0]
             elif attr_type == CTRL_ATTR_MCAST_GROUPS:
                 groups = _parse_groups(buf, vstart, vend)
         return Family(name, family_id, groups)
@@ -124,7 +125,7 @@ def _parse_groups(buf: bytes | bytearray | memoryview, start: int, end: int) -> 
             if attr_type == CTRL_ATTR_MCAST_GRP_NAME:
                 group_name = bytes(buf[vstart:vend]).rstrip(b"\0").decode(errors="replace")
             elif attr_type == CTRL_ATTR_MCAST_GRP_ID:
-                group_id = _U32.unpack_from(buf, vstart)[0]
+                group_id = NLA_U32.unpack_from(buf, vstart)[0]
         if group_name and group_id is not None:
             groups[group_name] = group_id
     return groups

@@ -19,6 +19,8 @@ from hwsflow.wire.netlink import (
     GENL_HDR,
     HEADERS_LEN,
     NLA_HDR,
+    NLA_U16,
+    NLA_U32,
     NLMSG_HDR,
     MalformedMessage,
     attr,
@@ -50,8 +52,6 @@ CMD_GET_GROUP = 1
 CMD_NEW_GROUP = 2
 CMD_DEL_GROUP = 3
 
-_U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
 # nested TUNNEL attributes (uapi enum psample_tunnel_key_attr)
@@ -75,18 +75,18 @@ TUNNEL_IPV4_INFO_BRIDGE = 16
 
 # fixed-size attributes: (attribute, wire struct, Sample field)
 _SCALARS: dict[int, tuple[struct.Struct, str]] = {
-    ATTR_IIFINDEX: (_U16, "iif"),
-    ATTR_OIFINDEX: (_U16, "oif"),
-    ATTR_ORIGSIZE: (_U32, "orig_size"),
-    ATTR_SAMPLE_GROUP: (_U32, "group"),
-    ATTR_GROUP_SEQ: (_U32, "seq"),
-    ATTR_SAMPLE_RATE: (_U32, "raw_rate"),
-    ATTR_GROUP_REFCOUNT: (_U32, "refcount"),
-    ATTR_OUT_TC: (_U16, "out_tc"),
+    ATTR_IIFINDEX: (NLA_U16, "iif"),
+    ATTR_OIFINDEX: (NLA_U16, "oif"),
+    ATTR_ORIGSIZE: (NLA_U32, "orig_size"),
+    ATTR_SAMPLE_GROUP: (NLA_U32, "group"),
+    ATTR_GROUP_SEQ: (NLA_U32, "seq"),
+    ATTR_SAMPLE_RATE: (NLA_U32, "raw_rate"),
+    ATTR_GROUP_REFCOUNT: (NLA_U32, "refcount"),
+    ATTR_OUT_TC: (NLA_U16, "out_tc"),
     ATTR_OUT_TC_OCC: (_U64, "out_tc_occ"),
     ATTR_LATENCY: (_U64, "latency"),
     ATTR_TIMESTAMP: (_U64, "timestamp"),
-    ATTR_PROTO: (_U16, "proto"),
+    ATTR_PROTO: (NLA_U16, "proto"),
 }
 
 
@@ -371,19 +371,19 @@ def build_attrs(sample: Sample) -> bytes:
     """Attributes in the kernel's order of emission (psample_sample_packet)."""
     parts: list[bytes] = []
     if sample.iif:
-        parts.append(attr(ATTR_IIFINDEX, _U16.pack(sample.iif)))
+        parts.append(attr(ATTR_IIFINDEX, NLA_U16.pack(sample.iif)))
     if sample.oif:
-        parts.append(attr(ATTR_OIFINDEX, _U16.pack(sample.oif)))
-    parts.append(attr(ATTR_SAMPLE_RATE, _U32.pack(sample.raw_rate)))
-    parts.append(attr(ATTR_ORIGSIZE, _U32.pack(sample.orig_size)))
-    parts.append(attr(ATTR_SAMPLE_GROUP, _U32.pack(sample.group)))
-    parts.append(attr(ATTR_GROUP_SEQ, _U32.pack(sample.seq)))
+        parts.append(attr(ATTR_OIFINDEX, NLA_U16.pack(sample.oif)))
+    parts.append(attr(ATTR_SAMPLE_RATE, NLA_U32.pack(sample.raw_rate)))
+    parts.append(attr(ATTR_ORIGSIZE, NLA_U32.pack(sample.orig_size)))
+    parts.append(attr(ATTR_SAMPLE_GROUP, NLA_U32.pack(sample.group)))
+    parts.append(attr(ATTR_GROUP_SEQ, NLA_U32.pack(sample.seq)))
     for attr_type, value, wire in (
-        (ATTR_OUT_TC, sample.out_tc, _U16),
+        (ATTR_OUT_TC, sample.out_tc, NLA_U16),
         (ATTR_OUT_TC_OCC, sample.out_tc_occ, _U64),
         (ATTR_LATENCY, sample.latency, _U64),
         (ATTR_TIMESTAMP, sample.timestamp, _U64),
-        (ATTR_PROTO, sample.proto, _U16),
+        (ATTR_PROTO, sample.proto, NLA_U16),
     ):
         if value is not None:
             parts.append(attr(attr_type, wire.pack(value)))

@@ -146,7 +146,8 @@ class Agent:
         targets = [(t.host, t.port) for t in config.targets]
         collectors = collector_set(targets, await self._resolve(targets))
         for collector in collectors.unresolved():
-            log.error("collector %s: %s; the others get every datagram, and this name is tried again every %.0f s",
+            # WARNING, not ERROR: a name that does not resolve yet is retried, and its resolution said at INFO
+            log.warning("collector %s: %s; the others get every datagram, and this name is tried again every %.0f s",
                       collector.target, collector.last_error, RECONCILE_INTERVAL)
         builder = DatagramBuilder(address, config.sub_agent_id, config.datagram_size, config.expanded)
         if self.builder is not None:

@@ -84,6 +84,9 @@ def test_refused_and_unresolvable_collectors_are_reported_and_cost_the_others_no
     unresolved = by_target["collector.invalid:6343"]
     assert unresolved["sent"] == 0 and unresolved["last_error"].startswith("cannot resolve 'collector.invalid'")
     assert by_target["127.0.0.1:16343"]["errors"] == 0
+    # a name that does not resolve is retried: a WARNING at start, never an ERROR
+    said = [line for line in faults["main_log"].splitlines() if "collector collector.invalid:6343" in line]
+    assert said and all(line.startswith("WARNING ") for line in said), said
     # every datagram of each agent reached the working collector: sequence numbers run 1, 2, 3... per agent
     runs: list[list[int]] = []
     for datagram in datagrams:

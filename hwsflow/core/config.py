@@ -23,6 +23,7 @@ from hwsflow.core.model import (
     DEFAULT_CONTROL_SOCKET, DIRECTION_CHOICES, GROUP_MAX, GROUP_MIN, GROUP_ROOM, HEADER_MAX, HEADER_MIN, OFFLOADS,
     U32_MAX, DirectionChoice, LinkInfo, Offload, PortSelector, is_ifname,
 )
+from hwsflow.core.ovsdb_state import DEFAULT_SOCKET as DEFAULT_OVSDB
 from hwsflow.wire.sflow import LARGEST_SAMPLE_ROOM
 
 DEFAULT_COLLECTOR_PORT = 6343  # sFlow's IANA port
@@ -109,6 +110,15 @@ class Config:
     control_socket: str
     ports: tuple[PortRule, ...]
     metrics: Target | None = None  # where the Prometheus endpoint listens; None: no endpoint, no listening socket
+    ovsdb: str | None = DEFAULT_OVSDB  # Open vSwitch's database socket; None: Open vSwitch is not read
+
+    def bridge_rules(self) -> dict[str, str]:
+        """Each bridge `bridge:` rules name, with the first rule naming it as the log names rules ("ports[2]")."""
+        bridges: dict[str, str] = {}
+        for index, rule in enumerate(self.ports):
+            if rule.bridge is not None:
+                bridges.setdefault(rule.bridge, f"ports[{index}]")
+        return bridges
 
     def rule_for(self, link: LinkInfo) -> PortRule | None:
         """A selecting rule that names the port wins wherever it is; otherwise the first selecting rule."""
@@ -127,7 +137,7 @@ class Config:
 
 # Top-level keys whose change a reload cannot apply port by port: the agent rebuilds what depends on them.
 GLOBAL_KEYS = ("agent", "sub_agent_id", "targets", "group_base", "datagram_size", "expanded", "rcvbuf",
-               "control_socket", "polling", "keep_filters", "metrics")
+               "control_socket", "polling", "keep_filters", "metrics", "ovsdb")
 
 
 def global_changes(old: Config, new: Config) -> list[str]:
@@ -165,14 +175,16 @@ _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "agent": None, "sub_agent_id": 0, "polling": 20, "group_base": 1000, "datagram_size": 1400,
     "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": DEFAULT_CONTROL_SOCKET,
-    "metrics": None,
+    "metrics": None, "ovsdb": DEFAULT_OVSDB,
 })
 _PORT_SETTING_KEYS = tuple(name for name in PortSettings.__dataclass_fields__ if name != "sampling_auto")
 SAMPLING_AUTO = "auto"
-_SELECTOR_KEYS = ("name", "match", "switch_id", "port_name")
-_PORT_KEYS = (*_SELECTOR_KEYS, "group", *_PORT_SETTING_KEYS)
+_SELECTOR_KEYS = ("name", "match", "switch_id", "port_name", "bridge")
+_PORT_KEYS = (*_SELECTOR_KEYS, "tunnels", "group", *_PORT_SETTING_KEYS)
 _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling", "group_base",
-             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ports")
+             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ovsdb", "ports")
+# Open vSwitch's limit for a bridge name is the kernel's for an interface: the bridge is also its internal port
+_BRIDGE_WHAT = "an Open vSwitch bridge name, as `ovs-vsctl list-br` shows it"
 # what a receive-only rule cannot use: they shape the filter hwsflow does not install for it
 _FILTER_ONLY_KEYS = ("offload", "priority", "chain")
 
@@ -547,6 +559,36 @@ def _switch_id(key: str, value: object) -> str:
     return digits
 
 
+def _bridge(key: str, value: object) -> str:
+    name = _text(key, value, _BRIDGE_WHAT)
+    if not is_ifname(name):
+        raise _Invalid(key, f"{_quoted(name)} is not a bridge name (1 to 15 characters, no '/', ':' or whitespace)")
+    return name
+
+
+def _tunnels(key: str, rule: dict[str, Any]) -> bool:
+    tunnels = _bool(f"{key}.tunnels", rule["tunnels"])
+    if "bridge" not in rule:
+        raise _Invalid(f"{key}.tunnels", "applies to `bridge` rules only: whether that bridge's tunnel ports are "
+                                         "sampled too")
+    return tunnels
+
+
+def _ovsdb(value: object) -> str | None:
+    """The path of Open vSwitch's database socket; null: Open vSwitch is not read at all."""
+    if value is None:
+        return None
+    key = "ovsdb"
+    path = _text(key, value, f"the path of Open vSwitch's database socket, such as {DEFAULT_OVSDB}, or null")
+    path = path.removeprefix("unix:")  # as ovs-vsctl --db= writes it
+    if not path.startswith("/") or not path.isprintable():
+        raise _Invalid(key, f"{_quoted(path)} is not an absolute path to a Unix socket, such as {DEFAULT_OVSDB}")
+    size = len(path.encode(errors="surrogatepass"))
+    if size >= SUN_PATH:
+        raise _Invalid(key, f"is {size} bytes long; a Unix socket path holds at most {SUN_PATH - 1}")
+    return path
+
+
 def _receive_only(problems: _Problems, key: str, rule: dict[str, Any]) -> int | None:
     """The group of a receive-only rule, once its other keys are known to fit one."""
     count = len(problems.found)
@@ -572,14 +614,15 @@ def _receive_only(problems: _Problems, key: str, rule: dict[str, Any]) -> int | 
 def _port_rule(problems: _Problems, key: str, value: object, defaults: PortSettings) -> PortRule | None:
     """The rule value describes, or None when it has problems (each one noted)."""
     if not isinstance(value, dict):
-        problems.found.append(_Invalid(key, f"must be a mapping with `name`, `match`, `switch_id` or `port_name`, "
-                                            f"got {_describe(value)}"))
+        problems.found.append(_Invalid(key, f"must be a mapping with `name`, `match`, `switch_id`, `port_name` or "
+                                            f"`bridge`, got {_describe(value)}"))
         return None
     count = len(problems.found)
     _reject_unknown(problems, value, key, _PORT_KEYS, (_TOP_KEYS, "at the top level, for all ports"))
     if not any(selector in value for selector in _SELECTOR_KEYS):
         problems.found.append(_Invalid(key, "needs at least one of `name` (an interface), `match` (a glob over "
-                                            "interface names), `switch_id` or `port_name` to select ports"))
+                                            "interface names), `switch_id`, `port_name` or `bridge` (an Open "
+                                            "vSwitch bridge) to select ports"))
     if "name" in value and "match" in value:
         problems.found.append(_Invalid(key, "`name` and `match` exclude each other: give one of them"))
 
@@ -590,6 +633,8 @@ def _port_rule(problems: _Problems, key: str, value: object, defaults: PortSetti
     match = given("match", lambda k, v: _glob(k, v, "enp4s0f0_*", "interface name"))
     switch_id = given("switch_id", _switch_id)
     port_name = given("port_name", lambda k, v: _glob(k, v, "pf0vf*", "port name"))
+    bridge = given("bridge", _bridge)
+    tunnels = problems.check(_tunnels, key, value) if "tunnels" in value else False
     group = _receive_only(problems, key, value) if "group" in value else None
     # the top-level direction describes hwsflow's own filters; samples from others' rules are
     # ingress samples unless the rule says otherwise
@@ -597,7 +642,7 @@ def _port_rule(problems: _Problems, key: str, value: object, defaults: PortSetti
     settings = _port_settings(problems, value, key, base)
     if len(problems.found) > count:
         return None
-    return PortRule(name, match, switch_id, port_name, group, settings)
+    return PortRule(name, match, switch_id, port_name, group, settings, bridge=bridge, tunnels=bool(tunnels))
 
 
 def _ports(problems: _Problems, value: object, defaults: PortSettings) -> tuple[tuple[int, PortRule], ...] | None:
@@ -613,6 +658,7 @@ def _ports(problems: _Problems, value: object, defaults: PortSettings) -> tuple[
         if rule is None:
             continue
         selectors = tuple((s, getattr(rule, s)) for s in _SELECTOR_KEYS if getattr(rule, s) is not None)
+        selectors += (("tunnels", True),) if rule.tunnels else ()  # another choice of the bridge's ports
         if selectors in first:  # the second rule could never apply
             problems.found.append(_repeated_selectors(f"ports[{index}]", selectors, first[selectors]))
             continue
@@ -725,6 +771,10 @@ def _config(document: object, path: str) -> Config:
     control_socket = problems.check(_control_socket, top["control_socket"])
     rules = _ports(problems, document["ports"], defaults) if "ports" in document else None
     metrics = problems.check(_metrics, top["metrics"])  # None is also "not given": no endpoint
+    ovsdb = problems.check(_ovsdb, top["ovsdb"]) if top["ovsdb"] is not None else None
+    if ovsdb is None and top["ovsdb"] is None and rules and any(rule.bridge is not None for _, rule in rules):
+        problems.found.append(_Invalid("ovsdb", "is null, but `bridge` rules read Open vSwitch's database: give "
+                                                f"its socket (the default is {DEFAULT_OVSDB})"))
     # the checks across keys, where the keys they read are valid
     if datagram_size is not None and rules is not None and "header" not in _keys(problems):
         headers = [("header", defaults.header)] + [(f"ports[{i}].header", r.settings.header) for i, r in rules]
@@ -738,7 +788,7 @@ def _config(document: object, path: str) -> Config:
         polling=_present(polling), defaults=defaults, group_base=_present(group_base),
         datagram_size=_present(datagram_size), expanded=_present(expanded), rcvbuf=_present(rcvbuf),
         keep_filters=_present(keep_filters), control_socket=_present(control_socket),
-        ports=tuple(rule for _, rule in _present(rules)), metrics=metrics,
+        ports=tuple(rule for _, rule in _present(rules)), metrics=metrics, ovsdb=ovsdb,
     )
 
 

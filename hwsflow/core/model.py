@@ -7,7 +7,7 @@ and daemon can all import it.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 # The direction of one sample, one tc filter, one psample group.
@@ -69,6 +69,20 @@ class LogLine:
     message: str
 
 
+# What an Open vSwitch interface is, by its type: a port hwsflow may sample ("system": a plain netdev or
+# tap), a tunnel's datapath device, the bridge's own "internal" port, a "patch" port (no netdev at all),
+# or "other" (a netdev only Open vSwitch's userspace sees: dpdk, vhost-user...)
+OvsKind = Literal["system", "tunnel", "internal", "patch", "other"]
+
+
+@dataclass(frozen=True)
+class OvsMembership:
+    """A kernel link as a port of an Open vSwitch bridge, read from OVSDB."""
+
+    bridge: str
+    kind: OvsKind
+
+
 @dataclass(frozen=True)
 class LinkInfo:
     """What port selection looks at, read from rtnetlink."""
@@ -79,6 +93,9 @@ class LinkInfo:
     switch_id: str | None = None
     port_name: str | None = None  # IFLA_PHYS_PORT_NAME: "p0" (uplink), "pf0vf3" (VF representor), "pf0"; None if absent
     speed_bps: int = 0  # /sys/class/net/X/speed in bit/s, for `sampling: auto`; 0 when the driver reports none
+    # the bridges whose port this link is, from OVSDB: one for a port, maybe several for a tunnel's device
+    # (every VXLAN port on UDP 4789 is vxlan_sys_4789); empty when Open vSwitch does not know the link
+    ovs: tuple[OvsMembership, ...] = ()
 
 
 def switch_id_text(raw: bytes) -> str:
@@ -94,6 +111,9 @@ class PortSelector:
     match: str | None  # glob over interface names
     switch_id: str | None  # exact phys_switch_id, normalised like LinkInfo.switch_id
     port_name: str | None  # glob over phys_port_name: "pf0vf*" is every VF representor of PF 0
+    # the ports of this Open vSwitch bridge; its internal and patch ports never, tunnels only with tunnels
+    bridge: str | None = field(default=None, kw_only=True)
+    tunnels: bool = field(default=False, kw_only=True)
 
     def selects(self, link: LinkInfo) -> bool:
         # globs are case-sensitive like interface names, whatever the platform's path rules
@@ -103,5 +123,10 @@ class PortSelector:
             return False
         if self.switch_id is not None and link.switch_id != self.switch_id:
             return False
+        if self.bridge is not None and not any(self._bridge_selects(member) for member in link.ovs):
+            return False
         return self.port_name is None or (link.port_name is not None
                                           and fnmatch.fnmatchcase(link.port_name, self.port_name))
+
+    def _bridge_selects(self, member: OvsMembership) -> bool:
+        return member.bridge == self.bridge and (member.kind == "system" or (self.tunnels and member.kind == "tunnel"))

@@ -10,6 +10,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from hwsflow.core.ovs_bridges import OvsSflow
+from hwsflow.core.ovs_notices import sflow_note
+
 RATE_WINDOW = 5  # ticks (one a second) the samples-per-second figure averages over
 
 NOT_IN_HW_NOTE = ("not_in_hw: the filter runs in software only, so only the slow path (packets that "
@@ -79,6 +82,29 @@ def _port_rows(ports: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _ovsdb_line(ovsdb: dict[str, Any]) -> str:
+    line = f"open vswitch: {ovsdb['state']} ({ovsdb['socket']})"
+    if ovsdb.get("missing_bridges"):
+        line += f"; no bridge {', '.join(ovsdb['missing_bridges'])} (followed: sampled once created)"
+    return line
+
+
+def _ovs_lines(attachments: list[dict[str, Any]]) -> list[str]:
+    """Who is behind a port, as Open vSwitch knows it, and its own sFlow on the port's bridge."""
+    lines = []
+    for attachment in attachments:
+        names = f"bridge {attachment['bridge']}, port {attachment['port']}"
+        if attachment["interface"] != attachment["port"]:
+            names += f", interface {attachment['interface']}"
+        if attachment["type"] != "system":
+            names += f" ({attachment['type']})"
+        ids = "".join(f", {key}={value}" for key, value in attachment["external_ids"].items())
+        lines.append(f"open vswitch {names}{ids}")
+    for bridge, sflow in {a["bridge"]: a["bridge_sflow"] for a in attachments if a["bridge_sflow"]}.items():
+        lines.append(sflow_note(bridge, OvsSflow(tuple(sflow["targets"]), sflow["sampling"])))
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """The readable form of an agent status."""
     agent = status["agent"]
@@ -97,6 +123,8 @@ def render(status: dict[str, Any]) -> str:
                      "(invalid file: see the log)")
     if agent.get("metrics"):
         lines.append(f"metrics: http://{agent['metrics']}/metrics")
+    if agent.get("ovsdb"):
+        lines.append(_ovsdb_line(agent["ovsdb"]))
     lines.append("")
     ports = status["ports"]
     if ports:
@@ -108,6 +136,7 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  {port['port']}: {port['error']}")
         if port.get("rate_from", "configured") != "configured":
             lines.append(f"  {port['port']}: 1-in-{port['rate']} ({port['rate_from']})")
+        lines += [f"  {port['port']}: {text}" for text in _ovs_lines(port.get("ovs") or [])]
     if any(p["offload"] == "not_in_hw" for p in ports):
         lines.append(NOT_IN_HW_NOTE)
     if any(p["offload"] == "receive-only" for p in ports):

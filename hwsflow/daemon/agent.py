@@ -25,7 +25,7 @@ from hwsflow.linux import rtnl_events, tc
 from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
 from hwsflow.core.config import Config, ConfigError, load_config
 from hwsflow.core.heal import SETTLE, HealSchedule
-from hwsflow.core.model import U32_MAX, LinkInfo, LogLine
+from hwsflow.core.model import U32_MAX, LinkInfo
 from hwsflow.core.missing_ports import MissingPorts
 from hwsflow.core.psample_state import PsampleAvailability
 from hwsflow.core.reload import AgentIdentity, plan_reload, sequence_carries
@@ -35,7 +35,8 @@ from hwsflow.core.counters import counter_records
 from hwsflow.wire.sflow import DatagramBuilder
 from hwsflow.core.groups import GroupTable
 from hwsflow.core.identity import agent_address
-from hwsflow.daemon.logs import RateLimiter
+from hwsflow.daemon.logs import RateLimiter, say as _say
+from hwsflow.daemon.ovs import OvsFollower
 from hwsflow.core import fastpath
 from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.daemon.ports import HealOutcome, PortManager
@@ -96,6 +97,8 @@ class Agent:
         self._evbuf = bytearray(1 << 16)
         self.psample_state = PsampleAvailability(time.monotonic())
         self.missing = MissingPorts()  # named ports not there yet: INFO, ERROR only when one stays away
+        self.ovs = OvsFollower(config, self._on_ovs_change)  # Open vSwitch's bridges, for `bridge:` rules and status
+        self._ovs_dirty = False
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)
@@ -119,8 +122,9 @@ class Agent:
         self._events_inode = os.fstat(self._events.fileno()).st_ino
         self._events_drops = kernel_drops(self._events_inode) or 0
         asyncio.get_running_loop().add_reader(self._events.fileno(), self._on_rtnl_event)
+        await self.ovs.start()  # bridge ports are selected with the others when Open vSwitch answers at once
         async with self._lock:
-            links = await self.rtnl.call(read_links)
+            links = await self._read_links()
             self._set_links(links)
             await self.ports.reconcile(links)
             await self.ports.remove_stale()
@@ -132,6 +136,11 @@ class Agent:
         log.info("sample path: %s", self.sample_path)
         if not psample_ready:
             self._try_psample()  # installing a sample filter has loaded the module, usually
+
+    async def _read_links(self) -> dict[int, LinkInfo]:
+        """The host's links, each with the Open vSwitch bridges it is a port of."""
+        links = await self.rtnl.call(read_links)
+        return {ifindex: self.ovs.annotate(link) for ifindex, link in links.items()}
 
     def _present_names(self) -> list[str]:
         return [link.ifname for link in self.ports.links.values()]
@@ -257,6 +266,7 @@ class Agent:
             self._check_lost_events()
             for line in self.missing.check(self._present_names(), time.monotonic()):
                 _say(line)
+            self._check_ovs()
 
     def _check_lost_events(self) -> None:
         """rtnetlink events the kernel could not queue: whatever they said, a full reconcile finds."""
@@ -374,6 +384,7 @@ class Agent:
                 if self._resolving is None or self._resolving.done():  # a slow DNS must not hold up heals
                     self._resolving = asyncio.create_task(self._retry_unresolved())
             await self._handle_links()
+            await self._handle_ovs()
             await self._handle_heals()
             if self.psample is None and self.groups.by_group:
                 self._try_psample()  # a filter just installed has loaded the module: listen at once
@@ -381,7 +392,7 @@ class Agent:
     async def _reconcile_all(self) -> None:
         async with self._lock:
             try:
-                links = await self.rtnl.call(read_links)
+                links = await self._read_links()
             except (NetlinkError, OSError) as err:
                 log.error("cannot read the links: %s", err)
                 return
@@ -401,7 +412,8 @@ class Agent:
             links: dict[int, LinkInfo | None] = {}
             for ifindex in sorted(dirty):
                 try:
-                    links[ifindex] = await self.rtnl.call(read_link, ifindex)
+                    link = await self.rtnl.call(read_link, ifindex)
+                    links[ifindex] = self.ovs.annotate(link) if link is not None else None
                 except (NetlinkError, OSError) as err:
                     log.error("ifindex %d: cannot read the link: %s", ifindex, err)
             if any(link is not None and ifindex not in self.ports.links for ifindex, link in links.items()):
@@ -413,6 +425,32 @@ class Agent:
                     self.heals.forget(ifindex)
             self._set_links(self.ports.links)
             self._schedule_retries()
+
+    def _on_ovs_change(self) -> None:
+        self._ovs_dirty = True
+        self._wake.set()
+
+    async def _handle_ovs(self) -> None:
+        """Open vSwitch's bridges changed: the links whose membership changed are planned again, so ports that
+        joined a sampled bridge get their filters and ports that left it lose them."""
+        if not self._ovs_dirty:
+            return
+        self._ovs_dirty = False
+        async with self._lock:
+            changed, joined = self.ovs.changed_links(self.ports.links)
+            if joined:
+                await asyncio.sleep(SETTLE)  # Open vSwitch sets a new port's qdisc up first: let it
+            for ifindex, link in changed.items():
+                if ifindex in self.ports.links:  # still there after the wait
+                    await self.ports.update_link(ifindex, link)
+                    if ifindex not in self.ports.ports:
+                        self.heals.forget(ifindex)
+            self._set_links(self.ports.links)
+            self._schedule_retries()
+        self._check_ovs()
+
+    def _check_ovs(self) -> None:
+        self.ovs.check({i: self.ports.links[i] for i in self.ports.ports if i in self.ports.links}, time.monotonic())
 
     async def _handle_heals(self) -> None:
         due = self.heals.due(time.monotonic())
@@ -491,11 +529,13 @@ class Agent:
                 self.groups.rebase(new.group_base)
             self.config = new
             self.ports.reload(new)
-            links = await self.rtnl.call(read_links)
+            await self.ovs.reload(new)
+            links = await self._read_links()
             self._set_links(links)
             await self.ports.reconcile(links)
             self._schedule_retries()
             self._expect_named_ports()
+        self._check_ovs()
         self.reloads["applied"] += 1
         log.info("%s", plan.summary(new.path))
 
@@ -535,6 +575,7 @@ class Agent:
                 pool=source.pool & U32_MAX if source else 0,
                 pool_total=source.pool if source else 0,  # before the 32-bit wrap: a counter for metrics
                 last_sample_age_s=self.rates.age(row["ifindex"], now),
+                ovs=self.ovs.port_status(row["port"]),  # who is behind the port, as Open vSwitch knows it
             )
             ports.append(row)
         return {
@@ -551,6 +592,7 @@ class Agent:
                 "reloads": dict(self.reloads),
                 "metrics": self.metrics.address if self.metrics is not None else None,
                 "sample_path": self.sample_path,
+                "ovsdb": self.ovs.agent_status(),
             },
             "ports": ports,
             "disabled": sorted(name for name, settings in self.ports.overrides.items() if settings is None),
@@ -624,13 +666,8 @@ class Agent:
                     await self.ports.unwatch(ifindex)
         if self.metrics is not None:
             self.metrics.close()
+        await self.ovs.close()
         await self.control.close()
         self.collectors.close()
         self.rtnl.close()
         self._rxbuf.close()
-
-
-def _say(line: LogLine | None) -> None:
-    """Log what a pure decision (core.heal, core.psample_state) said is worth logging."""
-    if line is not None:
-        log.log(line.level, "%s", line.message)

@@ -1,4 +1,5 @@
-"""Rate limiting for warnings that repeat (a port not offloaded, a collector unreachable).
+"""Rate limiting for warnings that repeat (a port not offloaded, a collector unreachable), and the
+writing of the lines pure decisions ask for.
 
 A condition that persists would otherwise write the same line to the journal on
 every attempt; the limiter lets one line per key through each interval and
@@ -12,6 +13,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+from hwsflow.core.model import LogLine
+
+log = logging.getLogger("hwsflow")
+
+
+def say(line: LogLine | None) -> None:
+    """Log what a pure decision (core.heal, core.psample_state, core.ovsdb_state...) said is worth logging."""
+    if line is not None:
+        log.log(line.level, "%s", line.message)
 
 
 @dataclass

@@ -363,7 +363,7 @@ def test_yaml_merge_keys_work():
     (with_port("portname: p0"), "ports[1].portname", "did you mean 'port_name'?"),
     (with_port("name: eth1, groupe: 7"), "ports[1].groupe", "did you mean 'group'?"),
     (with_top("control_sock: /run/x.sock"), "control_sock", "did you mean 'control_socket'?"),
-    (with_port("name: eth1, colour: red"), "ports[1].colour", "known keys: name, match, switch_id, port_name, group, sampling, "),
+    (with_port("name: eth1, colour: red"), "ports[1].colour", "known keys: name, match, switch_id, port_name, bridge, tunnels, group, sampling, "),
 ])
 def test_unknown_key_is_named_with_a_suggestion(text, key, hint):
     err = config_error(text)
@@ -526,10 +526,10 @@ def test_ports_must_be_a_non_empty_list(value, reason):
 
 
 @pytest.mark.parametrize("item,key,reason", [
-    ("eth1", "ports[1]", "must be a mapping with `name`, `match`, `switch_id` or `port_name`, got the string 'eth1'"),
+    ("eth1", "ports[1]", "must be a mapping with `name`, `match`, `switch_id`, `port_name` or `bridge`, got the string 'eth1'"),
     ("[eth1]", "ports[1]", "got a list"),
     ("{sampling: 10}", "ports[1]", "needs at least one of `name` (an interface), `match` (a glob over interface "
-                                   "names), `switch_id` or `port_name` to select ports"),
+                                   "names), `switch_id`, `port_name` or `bridge` (an Open vSwitch bridge) to select ports"),
     ("{name: eth1, match: 'eth*'}", "ports[1]", "`name` and `match` exclude each other: give one of them"),
     ("{}", "ports[1]", "needs at least one of"),
     ("{name: 1234}", "ports[1].name", "must be an interface name, got the integer 1234"),
@@ -1217,3 +1217,56 @@ def test_config_error_keeps_every_problem_through_pickle():
     copy = pickle.loads(pickle.dumps(err))
     assert copy.problems == (("x", "bad"), ("y", "worse"))
     assert copy.lines() == ["a.yaml: x: bad", "a.yaml: y: worse"]
+
+
+# ------------------------------------------------------------------ Open vSwitch bridges
+
+
+def test_bridge_rule():
+    config = parse_config(MINIMAL + "  - bridge: br-int\n    sampling: 1000\n  - bridge: br0\n    tunnels: true\n")
+    first, second = config.ports[1:]
+    assert first.bridge == "br-int" and not first.tunnels and first.settings.sampling == 1000
+    assert second.bridge == "br0" and second.tunnels
+    assert config.bridge_rules() == {"br-int": "ports[1]", "br0": "ports[2]"}
+    assert config.ovsdb == "/var/run/openvswitch/db.sock"
+
+
+def test_ovsdb_socket():
+    assert parse_config(with_top("ovsdb: /usr/local/var/run/openvswitch/db.sock")).ovsdb == \
+        "/usr/local/var/run/openvswitch/db.sock"
+    assert parse_config(with_top("ovsdb: unix:/run/ovs/db.sock")).ovsdb == "/run/ovs/db.sock"  # as --db= writes it
+    assert parse_config(with_top("ovsdb: null")).ovsdb is None
+    assert "ovsdb" in GLOBAL_KEYS
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("db.sock", "not an absolute path"), ("tcp:127.0.0.1:6640", "not an absolute path"), ("5", "must be the path"),
+    ("/" + "x" * 120, "at most 107"),
+])
+def test_bad_ovsdb_socket(value, reason):
+    err = config_error(with_top(f"ovsdb: {value}"))
+    assert err.key == "ovsdb" and reason in err.reason, err.reason
+
+
+def test_bridge_rules_need_the_database():
+    err = config_error("ovsdb: null\n" + MINIMAL + "  - bridge: br0\n")
+    assert err.key == "ovsdb" and "`bridge` rules" in err.reason
+
+
+@pytest.mark.parametrize("item,key,reason", [
+    ("{bridge: 5}", "ports[1].bridge", "must be an Open vSwitch bridge name"),
+    ("{bridge: 'br 0'}", "ports[1].bridge", "is not a bridge name"),
+    ("{bridge: br0, tunnels: 'yes'}", "ports[1].tunnels", "must be true or false"),
+    ("{match: 'vx*', tunnels: true}", "ports[1].tunnels", "applies to `bridge` rules only"),
+    ("{name: p0, bridge: br0, group: 9}", "ports[1].bridge", "cannot be combined with `group`"),
+    ("{bridge: br0, tunel: true}", "ports[1].tunel", "did you mean 'tunnels'?"),
+])
+def test_bad_bridge_rule(item, key, reason):
+    assert_second_rule_fails(item, key, reason)
+
+
+def test_the_same_bridge_twice_unless_tunnels_differ():
+    err = config_error(MINIMAL + "  - bridge: br0\n  - bridge: br0\n")
+    assert err.key == "ports[2].bridge" and "already given in ports[1]" in err.reason
+    config = parse_config(MINIMAL + "  - bridge: br0\n  - bridge: br0\n    tunnels: true\n    sampling: 4000\n")
+    assert [rule.tunnels for rule in config.ports[1:]] == [False, True]

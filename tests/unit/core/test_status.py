@@ -54,3 +54,40 @@ def test_render_names_internal_errors_only_when_there_are_some():
     assert "internal errors" not in render(status)
     status["agent"]["internal_errors"] = 2
     assert "internal errors: 2 psample batches dropped" in render(status)
+
+
+OVS_PORT = {"bridge": "br0", "port": "vm1tap", "interface": "vm1tap", "type": "system",
+            "external_ids": {"iface-id": "8c1f0d4e-port", "attached-mac": "52:54:00:12:34:56", "vm-uuid": "5a3e0b7c-vm"},
+            "bridge_sflow": None}
+
+
+def test_render_says_who_is_behind_a_port_open_vswitch_knows():
+    text = render(_status(port="vm1tap", ovs=[OVS_PORT]))
+    assert ("  vm1tap: open vswitch bridge br0, port vm1tap, iface-id=8c1f0d4e-port, attached-mac=52:54:00:12:34:56, "
+            "vm-uuid=5a3e0b7c-vm") in text.splitlines()
+    assert "open vswitch" not in render(_status())  # a port Open vSwitch does not know, with no database
+
+
+def test_render_names_a_tunnel_device_by_its_open_vswitch_ports():
+    tunnel = OVS_PORT | {"port": "vx1", "interface": "vx1", "type": "vxlan", "external_ids": {}}
+    text = render(_status(port="vxlan_sys_4789", ovs=[tunnel, tunnel | {"bridge": "br1", "port": "vx2",
+                                                                       "interface": "vx2"}]))
+    assert "  vxlan_sys_4789: open vswitch bridge br0, port vx1 (vxlan)" in text.splitlines()
+    assert "  vxlan_sys_4789: open vswitch bridge br1, port vx2 (vxlan)" in text.splitlines()
+
+
+def test_render_notes_open_vswitch_sflow_on_the_ports_of_its_bridge():
+    sflow = OVS_PORT | {"bridge_sflow": {"targets": ["192.0.2.9:6343"], "sampling": 64}}
+    text = render(_status(port="vm1tap", ovs=[sflow]))
+    assert ("  vm1tap: bridge br0 runs Open vSwitch's own sFlow (to 192.0.2.9:6343, 1-in-64) as well: the collectors "
+            "get two exports of the same traffic") in text
+
+
+def test_render_shows_the_database_connection_and_missing_bridges():
+    status = _status()
+    status["agent"]["ovsdb"] = {"socket": "/var/run/openvswitch/db.sock", "state": "unreachable: Connection refused",
+                                "bridges": [], "missing_bridges": []}
+    assert "open vswitch: unreachable: Connection refused (/var/run/openvswitch/db.sock)" in render(status)
+    status["agent"]["ovsdb"].update(state="connected", bridges=["br0"], missing_bridges=["br9"])
+    assert ("open vswitch: connected (/var/run/openvswitch/db.sock); no bridge br9 (followed: sampled once created)"
+            in render(status))

@@ -121,6 +121,23 @@ def _ports(ports: list[Mapping[str, Any]]) -> Iterator[Metric]:
             families["heals"].add_metric([*labels, cause], count)
         families["runtime"].add_metric(labels, 1 if row["runtime"] else 0)
     yield from families.values()
+    yield _ovs_info(ports)
+
+
+OVS_LABELS = ("port", "ifindex", "bridge", "ovs_port", "iface_id", "vm_uuid")
+
+
+def _ovs_info(ports: list[Mapping[str, Any]]) -> InfoMetricFamily:
+    """Who is behind each port Open vSwitch knows, for joining on port and ifindex (one per Open vSwitch
+    port: a tunnel device may carry several); an external_id that is not set is an empty label."""
+    info = InfoMetricFamily("hwsflow_port_ovs", "the Open vSwitch bridge and port of a sampled port, and the "
+                            "workload its Interface's external_ids name (iface-id, vm-uuid)", labels=OVS_LABELS)
+    for row in ports:
+        for ovs in row.get("ovs") or []:
+            ids = ovs["external_ids"]
+            info.add_metric([str(row["port"]), str(row["ifindex"]), ovs["bridge"], ovs["port"],
+                             ids.get("iface-id", ""), ids.get("vm-uuid", "")], {})
+    return info
 
 
 def _collectors(collectors: list[Mapping[str, Any]]) -> Iterator[Metric]:

@@ -106,7 +106,9 @@ def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path
         hwsflow_offload="software", hwsflow_priority=2, hwsflow_chain=0, hwsflow_group_base=5000,
         hwsflow_datagram_size=1200, hwsflow_expanded="yes", hwsflow_rcvbuf=1048576, hwsflow_keep_filters=True,
         hwsflow_control_socket="/run/hwsflow/ctl.sock", hwsflow_metrics="[::1]:9465",
-        hwsflow_ports=[{"switch_id": "0015401234", "port_name": "p0"}, {"name": "enp4s0f0_2", "group": "7"}])
+        hwsflow_ovsdb="/run/openvswitch/db.sock",
+        hwsflow_ports=[{"switch_id": "0015401234", "port_name": "p0"}, {"name": "enp4s0f0_2", "group": "7"},
+                       {"bridge": "br-int", "tunnels": "yes"}])
     result = ansible("--tags", "config", str(SITE), extra=extra)
     assert result.returncode == 0, result.stdout + result.stderr
     config = load_config(str(tmp_path / "etc" / "hwsflow" / "hwsflow.yaml"))
@@ -117,6 +119,7 @@ def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path
     assert (config.defaults.header, config.defaults.direction, config.defaults.offload) == (96, "both", "software")
     assert config.ports[0].switch_id == "0015401234", "a switch id of digits must stay a string"
     assert config.ports[1].group == 7
+    assert (config.ovsdb, config.ports[2].bridge, config.ports[2].tunnels) == ("/run/openvswitch/db.sock", "br-int", True)
 
 
 def test_role_installs_the_repository_unit_with_a_drop_in_that_verifies(ansible, tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ STATUS = {
               "psample": "joined", "enobufs": 0, "kernel_drops": 17, "samples": 1500, "foreign": 3, "malformed": 2,
               "internal_errors": 1, "reloads": {"applied": 4, "rejected": 1}, "metrics": "127.0.0.1:9465"},
     "ports": [
-        port_row(),
+        port_row(ovs=[{"bridge": "br-int", "port": "eth0", "interface": "eth0", "type": "system",
+                       "external_ids": {"iface-id": "lp-1", "attached-mac": "fa:16:3e:00:00:01"}, "bridge_sflow": None}]),
         port_row(port="eth1", ifindex=70000, direction="egress", offload="failed", current_rate=None, samples=0,
                  error="port eth1: egress sampling is unavailable: ...", error_code="tc_state", heals={}),
     ],
@@ -114,6 +115,11 @@ def test_every_status_figure_becomes_its_sample():
     assert value("hwsflow_reloads_total", outcome="applied") == 4
     assert value("hwsflow_reloads_total", outcome="rejected") == 1
     assert value("hwsflow_build_info", version="0.1.0", path="python") == 1
+    assert value("hwsflow_port_ovs_info", port="eth0", ifindex="4", bridge="br-int", ovs_port="eth0", iface_id="lp-1",
+                 vm_uuid="") == 1
+    assert [k for k in got if k[0] == "hwsflow_port_ovs_info"] == [
+        ("hwsflow_port_ovs_info", frozenset({"port": "eth0", "ifindex": "4", "bridge": "br-int", "ovs_port": "eth0",
+                                            "iface_id": "lp-1", "vm_uuid": ""}.items()))]  # eth1: no Open vSwitch
     assert value("hwsflow_collector_datagrams_sent_total", collector="192.0.2.10:6343") == 99
     assert value("hwsflow_collector_send_errors_total", collector="192.0.2.10:6343") == 5
     assert value("hwsflow_collector_last_error", collector="192.0.2.10:6343") == errno.ECONNREFUSED

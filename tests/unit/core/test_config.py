@@ -102,7 +102,7 @@ def test_example_shows_every_key_at_its_default():
     example = load_config(str(EXAMPLE))
     minimal = parse_config(MINIMAL)
     for field in ("sub_agent_id", "polling", "defaults", "group_base", "datagram_size", "expanded", "rcvbuf",
-                  "keep_filters", "control_socket", "metrics"):
+                  "keep_filters", "control_socket", "metrics", "ovsdb"):
         assert getattr(example, field) == getattr(minimal, field), field
 
 
@@ -111,7 +111,7 @@ def test_example_sets_every_known_key():
     assert set(document) == {
         "agent", "sub_agent_id", "targets", "sampling", "header", "direction", "offload", "priority", "chain",
         "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics",
-        "ports",
+        "ovsdb", "ports",
     }
 
 
@@ -653,6 +653,7 @@ def test_example_commented_rules_parse_with_the_active_ones():
         PortRule(None, None, "00154d1234", "pf0vf*", None, PortSettings(1000, 128, "ingress", "auto", 1, 0)),
         PortRule(None, None, "00154d1234", "p0", None, PortSettings(400, 128, "both", "auto", 1, 0)),
         named("enp4s0f0_2", group=7),
+        PortRule(None, None, None, None, None, DEFAULT_SETTINGS, bridge="br-int", tunnels=True),
         globbed("eno*", replace(DEFAULT_SETTINGS, sampling_auto=True)),
     )
     assert config.rule_for(LinkInfo("enp4s0f0_5", "00154d1234", "pf0vf3")).settings.sampling == 1000

@@ -95,6 +95,10 @@ class OvsdbMonitor:
                 try:
                     if await self._follow(reader, writer):
                         attempt = 0  # it was connected: the next attempt comes soon
+                except Exception as err:  # noqa: BLE001 - a bug must cost this connection, not the monitor for good
+                    log.error("OVSDB %s: internal error while following it (%s: %s); reconnecting", self.path,
+                              type(err).__name__, err)
+                    self.on_event(Lost(f"internal error: {type(err).__name__}"))
                 finally:
                     writer.close()
             await asyncio.sleep(RETRY[min(attempt, len(RETRY) - 1)])

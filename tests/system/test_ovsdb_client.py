@@ -56,10 +56,12 @@ async def until(condition: Callable[[], bool], what: str) -> float:
     return time.monotonic() - started
 
 
-def follow(server: OvsdbServer, scenario: Callable[[Follower], Awaitable[None]]) -> None:
+def follow(server: OvsdbServer, scenario: Callable[[Follower], Awaitable[None]],
+           follower: Follower | None = None) -> None:
     """Run the scenario with a monitor on the server's socket; the monitor and the server stop after it."""
     async def followed() -> None:
-        follower = Follower(server.socket)
+        nonlocal follower
+        follower = follower or Follower(server.socket)
         follower.monitor.start()
         try:
             await scenario(follower)
@@ -174,3 +176,20 @@ def test_a_server_that_is_not_open_vswitch_refuses_the_monitor(tmp_path):
         assert "Snapshot" not in follower.kinds()
 
     follow(server, scenario)
+
+
+def test_a_bug_in_what_follows_costs_the_connection_not_the_monitor(tmp_path, caplog):
+    server = OvsdbServer(tmp_path).start()
+
+    class Failing(Follower):
+        def on_event(self, event: ovsdb.Event) -> None:
+            super().on_event(event)
+            if self.kinds().count("Snapshot") == 1 and isinstance(event, ovsdb.Snapshot):
+                raise KeyError("planted")
+
+    async def scenario(follower: Follower) -> None:
+        await until(lambda: follower.kinds().count("Snapshot") == 2, "a second monitor reply")
+        assert follower.kinds()[:2] == ["Snapshot", "Lost"]
+
+    follow(server, scenario, Failing(server.socket))
+    assert "internal error while following it (KeyError: 'planted'); reconnecting" in caplog.text

@@ -123,8 +123,9 @@ def render(status: dict[str, Any]) -> str:
                      "(invalid file: see the log)")
     if agent.get("metrics"):
         lines.append(f"metrics: http://{agent['metrics']}/metrics")
-    if agent.get("ovsdb"):
-        lines.append(_ovsdb_line(agent["ovsdb"]))
+    ovsdb = agent.get("ovsdb")
+    if ovsdb and (ovsdb.get("bridge_rules") or ovsdb["state"] == "connected"):  # no line about an absent optional OVS
+        lines.append(_ovsdb_line(ovsdb))
     lines.append("")
     ports = status["ports"]
     if ports:

@@ -129,7 +129,7 @@ class OvsFollower:
     def agent_status(self) -> dict[str, Any] | None:
         if self.state is None:
             return None
-        return {"socket": self.state.socket, "state": self.state.status(),
+        return {"socket": self.state.socket, "state": self.state.status(), "bridge_rules": bool(self.state.bridge_rules),
                 "bridges": sorted(self.view.bridges), "missing_bridges": self.notices.missing()}
 
     def port_status(self, ifname: str) -> list[dict[str, Any]]:

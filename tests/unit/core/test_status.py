@@ -86,7 +86,9 @@ def test_render_notes_open_vswitch_sflow_on_the_ports_of_its_bridge():
 def test_render_shows_the_database_connection_and_missing_bridges():
     status = _status()
     status["agent"]["ovsdb"] = {"socket": "/var/run/openvswitch/db.sock", "state": "unreachable: Connection refused",
-                                "bridges": [], "missing_bridges": []}
+                                "bridge_rules": False, "bridges": [], "missing_bridges": []}
+    assert "open vswitch" not in render(status)  # a host without Open vSwitch, and no rule needs it
+    status["agent"]["ovsdb"]["bridge_rules"] = True
     assert "open vswitch: unreachable: Connection refused (/var/run/openvswitch/db.sock)" in render(status)
     status["agent"]["ovsdb"].update(state="connected", bridges=["br0"], missing_bridges=["br9"])
     assert ("open vswitch: connected (/var/run/openvswitch/db.sock); no bridge br9 (followed: sampled once created)"

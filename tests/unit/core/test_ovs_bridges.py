@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from hwsflow.core.model import LinkInfo, OvsMembership, PortSelector
 from hwsflow.core.ovs_bridges import OvsSflow, OvsTables, OvsView, kind_of, tunnel_device
@@ -154,3 +155,24 @@ def test_a_bridge_rule_selects_its_system_ports_only():
 def test_a_bridge_rule_with_other_selectors_needs_them_all():
     assert PortSelector(None, "vm*", None, None, bridge="br0").selects(linked("vm1tap", START))
     assert not PortSelector(None, "tap*", None, None, bridge="br0").selects(linked("vm1tap", START))
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8) |
+                    st.sampled_from(["set", "map", "uuid", "u1", "p1", "i1", "s1", "vxlan", "internal", "dst_port"]),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=10)
+COLUMNS = ("name", "ports", "sflow", "interfaces", "type", "options", "external_ids", "targets", "sampling")
+COLUMN_VALUES = st.fixed_dictionaries({}, optional=dict.fromkeys(COLUMNS, JSON))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Bridge", "Port", "Interface", "sFlow"]),
+                          st.sampled_from(["u1", "p1", "i1", "s1"]), COLUMN_VALUES), max_size=6))
+def test_rows_of_any_shape_give_a_view_or_a_protocol_error(rows):
+    tables = OvsTables()
+    tables.apply([db.RowChange(table, uuid, new) for table, uuid, new in rows])
+    try:
+        view = tables.view()
+    except rpc.ProtocolError:
+        return
+    for attachments in view.by_netdev.values():
+        assert all(a.describe()["bridge"] in view.bridges for a in attachments)

@@ -135,3 +135,26 @@ def test_values_as_rfc_7047_encodes_them():
 def test_values_of_the_wrong_type(check, value):
     with pytest.raises(rpc.ProtocolError):
         check(value)
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=5))
+def test_any_bytes_give_messages_or_a_protocol_error(data, cuts):
+    try:
+        messages = feed_in(data, cuts)
+    except rpc.ProtocolError:
+        return
+    assert all(isinstance(m, rpc.Request | rpc.Notification | rpc.Reply) for m in messages)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=12)
+
+
+@given(JSON)
+def test_any_json_as_table_updates_gives_rows_or_a_protocol_error(value):
+    try:
+        changes = db.row_changes(value)
+    except rpc.ProtocolError:
+        return
+    assert all(c.new is None or isinstance(c.new, dict) for c in changes)

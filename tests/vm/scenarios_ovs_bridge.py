@@ -6,12 +6,15 @@ READY=1 hwsflow's filter is on br0's veth ports and on none of its internal
 ports (br0 itself, obint); a veth port added with ovs-vsctl gets one, a port
 deleted from the bridge loses it (the veth stays); status shows the
 Interface's external_ids; Open vSwitch's own sFlow on br0 is one WARNING and
-its removal one INFO.  Times are polled every 50 ms.
+its removal one INFO; a VXLAN port's datapath device (vxlan_sys_4789) is not
+sampled until a reload adds `tunnels: true` to the rule.  Times are polled
+every 50 ms.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ IDS = {"iface-id": "lp-obv0", "attached-mac": "52:54:00:0b:00:00", "vm-uuid": "v
 SOCKET = "/run/hwsflow-ovsb/control.sock"
 SFLOW_WARNING = f"bridge {BRIDGE} runs Open vSwitch's own sFlow"
 SFLOW_OFF = f"bridge {BRIDGE}: Open vSwitch's own sFlow is off now"
+TUNNEL = "obvx"
 
 
 def cli(*args: str) -> dict:
@@ -69,6 +73,7 @@ def scenario_ovs_bridge(rwdir: Path, out: dict) -> None:
         ovs.vsctl("add-port", BRIDGE, INTERNAL, "--", "set", "interface", INTERNAL, "type=internal")
         wait_for(lambda: Path(f"/sys/class/net/{INTERNAL}").exists(), TRAFFIC_DEADLINE, "the internal port")
         config = agent_config(f"  - bridge: {BRIDGE}\n") + f"control_socket: {SOCKET}\n"
+        tunnels_config = config.replace(f"  - bridge: {BRIDGE}\n", f"  - bridge: {BRIDGE}\n    tunnels: true\n")
         agent = AgentProcess(rwdir, "ovs_bridge", config)
         try:
             result["ready_s"] = agent.wait_ready()
@@ -94,11 +99,24 @@ def scenario_ovs_bridge(rwdir: Path, out: dict) -> None:
             ovs.vsctl("clear", "bridge", BRIDGE, "sflow")
             result["sflow_off_s"] = wait_for(lambda: SFLOW_OFF in agent.log_path.read_text(), TRAFFIC_DEADLINE,
                                              "Open vSwitch's sFlow said to be off")
+            # a tunnel port: its datapath device is br0's, sampled only once the rule asks for tunnels
+            device = result["tunnel_device"] = ovs.add_tunnel_port(BRIDGE, TUNNEL, "vxlan", remote_ip="192.0.2.99")
+            ovs.vsctl("add-port", BRIDGE, "obv1")  # once its filter is back, the agent has seen the device too
+            wait_for(lambda: ours("obv1"), TRAFFIC_DEADLINE, "obv1's filter back")
+            result["tunnel_without_tunnels"] = bool(ours(device))
+            agent.config_path.write_text(tunnels_config)
+            reloaded = time.monotonic()
+            agent.proc.send_signal(signal.SIGHUP)
+            agent.wait_notify("READY=1")
+            wait_for(lambda: ours(device), TRAFFIC_DEADLINE, f"a filter on {device}")
+            result["tunnel_reload_s"] = time.monotonic() - reloaded
+            result["status_tunnel"] = cli("status", "--json")
             result["vsctl_show"] = ovs.vsctl("show")
         finally:
             result["exit"] = agent.stop()
             result["log"] = agent.log_path.read_text()
-        result["after_stop"] = sampled([port for port in all_ports if Path(f"/sys/class/net/{port}").exists()])
+        result["after_stop"] = sampled([port for port in [*all_ports, result.get("tunnel_device", "")]
+                                        if port and Path(f"/sys/class/net/{port}").exists()])
     finally:
         try:
             result["ovs_stop"] = ovs.stop()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.vm.scenarios_ovs_bridge import BRIDGE, IDS, INTERNAL, SFLOW_OFF, SFLOW_WARNING
+from tests.vm.scenarios_ovs_bridge import BRIDGE, IDS, INTERNAL, SFLOW_OFF, SFLOW_WARNING, TUNNEL
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,19 @@ def test_open_vswitch_sflow_is_one_warning_noted_in_status_and_its_removal_one_i
     assert f"{SFLOW_WARNING} (to 127.0.0.1:6399, 1-in-64)" in bridge["status_sflow"]["stdout"]
 
 
+def test_a_tunnel_device_is_sampled_only_when_the_rule_asks_for_tunnels(bridge):
+    assert bridge["tunnel_device"] == "vxlan_sys_4789"
+    assert bridge["tunnel_without_tunnels"] is False
+    assert bridge["status_tunnel"]["exit"] == 0, bridge["status_tunnel"]
+    rows = {row["port"]: row for row in json.loads(bridge["status_tunnel"]["stdout"])["ports"]}
+    assert [(o["bridge"], o["port"], o["type"]) for o in rows["vxlan_sys_4789"]["ovs"]] == [(BRIDGE, TUNNEL, "vxlan")]
+    print(f"reload with tunnels: true to a filter on vxlan_sys_4789: {bridge['tunnel_reload_s']:.2f} s")
+
+
 def test_a_clean_run_and_a_clean_stop(bridge):
     log = bridge["log"]
     assert "Traceback" not in log
     assert not [line for line in log.splitlines() if line.startswith("ERROR")], log
     assert bridge["exit"] == 0
     assert not any(bridge["after_stop"].values()), bridge["after_stop"]
+    assert "vxlan_sys_4789" in bridge["after_stop"]  # checked while Open vSwitch still had it

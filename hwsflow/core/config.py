@@ -23,7 +23,7 @@ from hwsflow.core.model import (
     DEFAULT_CONTROL_SOCKET, DIRECTION_CHOICES, GROUP_MAX, GROUP_MIN, GROUP_ROOM, HEADER_MAX, HEADER_MIN, OFFLOADS,
     U32_MAX, DirectionChoice, LinkInfo, Offload, PortSelector, is_ifname,
 )
-from hwsflow.core.ovsdb_state import DEFAULT_SOCKET as DEFAULT_OVSDB
+from hwsflow.core.model import DEFAULT_OVSDB_SOCKET as DEFAULT_OVSDB
 from hwsflow.wire.sflow import LARGEST_SAMPLE_ROOM
 
 DEFAULT_COLLECTOR_PORT = 6343  # sFlow's IANA port

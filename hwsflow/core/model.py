@@ -47,6 +47,7 @@ _KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
 
 SO_RCVBUFFORCE = 33  # socket.SO_RCVBUFFORCE is missing from Python's socket module; root may exceed rmem_max
 DEFAULT_CONTROL_SOCKET = "/run/hwsflow/control.sock"
+DEFAULT_OVSDB_SOCKET = "/var/run/openvswitch/db.sock"  # Open vSwitch's database, as Debian's packages put it
 
 
 def is_ifname(text: str) -> bool:

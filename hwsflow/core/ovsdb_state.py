@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from hwsflow.core.model import LogLine
 
 GRACE = 60.0  # s the database may stay away after a lost connection before that is said again
-DEFAULT_SOCKET = "/var/run/openvswitch/db.sock"
 
 
 class OvsdbState(enum.Enum):

@@ -49,7 +49,7 @@ class OvsFollower:
             return
         self.state = OvsdbConnection(self.config.ovsdb, rule_names(self.config))
         self._answered.clear()
-        self._monitor = OvsdbMonitor(self.config.ovsdb, COLUMNS, self._on_event)
+        self._monitor = OvsdbMonitor(self.config.ovsdb, COLUMNS, self.handle)
         self._monitor.start()
         try:
             await asyncio.wait_for(self._answered.wait(), FIRST_CONTACT)
@@ -72,7 +72,8 @@ class OvsFollower:
         elif self.state is not None:
             self.state.bridge_rules = rule_names(config)
 
-    def _on_event(self, event: Event) -> None:
+    def handle(self, event: Event) -> None:
+        """One event of the monitor (on the loop)."""
         assert self.state is not None
         now = time.monotonic()
         self._answered.set()

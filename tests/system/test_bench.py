@@ -3,6 +3,7 @@
 No timing is asserted: speed is what `hwsflow bench` reports, not what a test decides.
 """
 
+import copy
 import json
 import os
 
@@ -88,3 +89,30 @@ def test_the_floor_sends_the_agents_datagrams_at_its_pace(tiny_run):
     assert not [d for d in datagrams if sflow_ref.parse_datagram(d)["sub_agent_id"] == bench.FLOOR_SUB_AGENT]
     assert report["per_sample_work_us"] == pytest.approx(
         report["queue_drain_cpu_us_per_sample"] - report["queue_drain_floor_cpu_us_per_sample"], abs=2e-3)
+
+
+def test_targets_are_judged_on_the_figures_of_the_run(tiny_run):
+    report, _datagrams = tiny_run
+    t = report["targets"]
+    assert t["ratio"]["value"] == report["ratio"] and t["ratio"]["met"] == (report["ratio"] >= 0.8)
+    assert t["speedup"]["value"] == report["python"]["speedup"]
+    assert t["per_sample_work_us"]["met"] == (report["per_sample_work_us"] <= 0.3)
+    assert t["rss"]["value"] == [report["rss_start_mb"], report["rss_end_mb"]]
+    # nothing lost, but 0.4 s at 5,000/s is not the target's 60 s at 400,000/s
+    assert t["lost"]["value"] == 0 and not t["lost"]["met"]
+    assert report["collector"]["send_errors"] == report["collector"]["samples_missing"] == 0
+    assert "targets (issue 14), this run:" in bench.format_report(report)
+
+
+def test_loss_anywhere_on_the_way_fails_the_target(tiny_run):
+    report, _datagrams = tiny_run
+    full = copy.deepcopy(report)
+    full["paced"]["duration_s"], full["offered_per_s"] = 60.0, 400_000
+    assert bench.targets(full)["lost"]["met"]
+    for where in (("collector", "send_errors"), ("collector", "samples_missing")):
+        lossy = copy.deepcopy(full)
+        lossy[where[0]][where[1]] = 3
+        assert bench.targets(lossy)["lost"] == {**bench.targets(full)["lost"], "value": 3, "met": False}
+    lossy = copy.deepcopy(full)
+    lossy["lost"] = 1
+    assert not bench.targets(lossy)["lost"]["met"]

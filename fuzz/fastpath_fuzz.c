@@ -16,11 +16,12 @@
 #include "fastpath_core.h"
 #include "fastpath_layout.h"
 
-#define DGRAM_HEADER 28 /* an IPv4 agent's datagram header: where the first sample goes */
+#define DGRAM_HEADER FUZZ_DGRAM_HEADER /* an IPv4 agent's datagram header: where the first sample goes */
 #define GROUPS 4
 #define GROUP_BASE 1000u
 
 static struct hws_layout layout;
+static struct hws_tail tail;
 static int ready;
 
 static int name_index(const char *const *names, int count, const char *name)
@@ -51,6 +52,11 @@ static void setup_layout(void)
         if (hws_layout_set_out_constant(&layout, name_index(hws_out_names, HWS_OUT_COUNT, fuzz_constants[i].name),
                                         fuzz_constants[i].value))
             abort();
+    tail.header_len = DGRAM_HEADER;
+    for (size_t i = 0; i < sizeof fuzz_tail / sizeof fuzz_tail[0]; i++)
+        tail.at[name_index(hws_tail_names, HWS_TAIL_COUNT, fuzz_tail[i].name)] = FUZZ_TAIL_AT + fuzz_tail[i].at;
+    if (hws_tail_check(&tail))
+        abort();
     ready = 1;
 }
 
@@ -155,6 +161,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (need > max - DGRAM_HEADER || out.samples == 0)
                 abort(); /* an empty datagram must hold any sample the loop packs */
             check_datagram(out_buf, out.pos, out.samples);
+            /* finished as the glue finishes it: the header's tail says which datagram, when and how many */
+            uint32_t values[HWS_TAIL_COUNT] = {[HWS_TAIL_SEQUENCE] = 0xFFFFFFFFu - (uint32_t)rounds,
+                                               [HWS_TAIL_UPTIME] = (uint32_t)start, [HWS_TAIL_SAMPLES] = (uint32_t)out.samples};
+            if (!hws_finish(&tail, out_buf, out.pos, values[0], values[1], values[2]))
+                abort();
+            for (int f = 0; f < HWS_TAIL_COUNT; f++)
+                if (be32(out_buf + tail.at[f]) != values[f])
+                    abort();
             out.pos = DGRAM_HEADER;
             out.samples = 0;
         } else {
@@ -164,6 +178,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* no progress */
     }
     check_datagram(out_buf, out.pos, out.samples);
+    if (hws_finish(&tail, out_buf, DGRAM_HEADER - 1, 1, 1, 1))
+        abort(); /* shorter than its header: nothing to finish */
     free(area);
     free(out_buf);
     return 0;

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hwsflow.core._fastpath import Loop as Loop  # the compiled loop's type, for the pipeline
+    from hwsflow.core._fastpath import Outbox as Outbox  # where it finishes datagrams
 
 ENV_PURE_PYTHON = "HWSFLOW_PURE_PYTHON"  # set to anything but "" or "0": the Python path
 

@@ -18,6 +18,8 @@ const unsigned char hws_out_computed[HWS_OUT_COUNT] = {
     [HWS_OUT_FRAME_LENGTH] = 1, [HWS_OUT_HEADER_LENGTH] = 1,
 };
 
+const char *const hws_tail_names[HWS_TAIL_COUNT] = {"sequence", "uptime", "samples"};
+
 #define U32_MAX_ 0xFFFFFFFFu
 #define HALF_U32 0x80000000u
 #define FCS_ORIG_MAX (0xFFFFFFFFu - 4u) /* ORIGSIZE above this clamps frame_length (pipeline._MAX_ORIG) */
@@ -211,6 +213,29 @@ int hws_pack(const struct hws_layout *layout, struct hws_out *out, const struct 
     memset(p + layout->out_size + hlen, 0, padded - hlen); /* the buffer is reused: write the padding */
     out->pos += size;
     out->samples += 1;
+    return 1;
+}
+
+int hws_tail_check(const struct hws_tail *tail)
+{
+    for (int i = 0; i < HWS_TAIL_COUNT; i++) {
+        if (tail->at[i] > tail->header_len || tail->header_len - tail->at[i] < 4)
+            return -1;
+        for (int j = 0; j < i; j++)
+            if (tail->at[i] < tail->at[j] + 4 && tail->at[j] < tail->at[i] + 4)
+                return -1; /* two fields overlap */
+    }
+    return 0;
+}
+
+int hws_finish(const struct hws_tail *tail, uint8_t *buf, size_t len, uint32_t sequence, uint32_t uptime_ms,
+               uint32_t samples)
+{
+    if (len < tail->header_len)
+        return 0;
+    put_be32(buf + tail->at[HWS_TAIL_SEQUENCE], sequence);
+    put_be32(buf + tail->at[HWS_TAIL_UPTIME], uptime_ms);
+    put_be32(buf + tail->at[HWS_TAIL_SAMPLES], samples);
     return 1;
 }
 

@@ -97,6 +97,24 @@ struct hws_batch {
     size_t count, stride;      /* slot i starts at i * stride */
 };
 
+/* The datagram header's last three fields, named as in sflow.DATAGRAM_TAIL_FIELDS: at their offsets from the
+ * builder's tail_at, 4 bytes each in network byte order. */
+enum hws_tail_field { HWS_TAIL_SEQUENCE, HWS_TAIL_UPTIME, HWS_TAIL_SAMPLES, HWS_TAIL_COUNT };
+extern const char *const hws_tail_names[HWS_TAIL_COUNT];
+
+struct hws_tail {
+    uint32_t at[HWS_TAIL_COUNT];   /* from the header's start: the builder's tail_at plus the field's offset */
+    uint32_t header_len;           /* where the first sample goes: every field lies before it */
+};
+
+/* 0 when every field lies inside header_len without overlapping another; -1 otherwise. */
+int hws_tail_check(const struct hws_tail *tail);
+
+/* Finish the datagram in buf[0:len]: its sequence number, uptime and sample count written into its header.
+ * 1, or 0 (nothing written) when len is shorter than the header. */
+int hws_finish(const struct hws_tail *tail, uint8_t *buf, size_t len, uint32_t sequence, uint32_t uptime_ms,
+               uint32_t samples);
+
 enum hws_stop {
     HWS_DONE,                  /* every slot packed */
     HWS_LEAVE,                 /* slot *index is not the loop's: the caller handles it */

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hwsflow.wire import psample
 from hwsflow.wire.sflow import (
+    DATAGRAM_TAIL_AT,
     FLOW_COMPACT,
     FLOW_COMPACT_AT,
     FLOW_SAMPLE,
@@ -32,7 +33,7 @@ from hwsflow.core.tunnels import tunnel_records
 from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, Buffer, MalformedMessage, message_extent
 
 if TYPE_CHECKING:
-    from hwsflow.core.fastpath import Loop
+    from hwsflow.core.fastpath import Loop, Outbox
 
 _MAX_ORIG = 0xFFFFFFFF - 4
 FCS_LEN = 4  # psample data has no FCS; sFlow's frame_length counts it, and stripped says so
@@ -40,17 +41,18 @@ SOURCE_TYPE_IFINDEX = 0
 
 
 CompiledLayout = tuple[tuple[tuple[int, int, int], ...], dict[str, tuple[int, int]], int, dict[str, int], int,
-                       dict[str, int]]
+                       dict[str, int], dict[str, int]]
 
 
 def new_compiled_loop_layout(family_id: int) -> CompiledLayout:
     """What the compiled loop is given at start, from the one declaration of each layout: the usual psample
-    message's checks and fields, and the compact flow sample's offsets, size and constant fields."""
+    message's checks and fields, the compact flow sample's offsets, size and constant fields, and where the datagram
+    header's sequence, uptime and sample count go (from the builder's tail_at)."""
     # the constant fields: an ingress sample with one raw Ethernet header record
     constants = {"tag": FLOW_SAMPLE, "output": 0, "records": 1, "record_tag": SAMPLED_HEADER,
                  "protocol": HEADER_PROTOCOL_ETHERNET, "stripped": FCS_LEN}
     return (psample.usual_checks(family_id), psample.USUAL_FIELDS, psample.USUAL_SIZE, FLOW_COMPACT_AT,
-            FLOW_COMPACT.size, constants)
+            FLOW_COMPACT.size, constants, DATAGRAM_TAIL_AT)
 
 
 def new_compiled_loop(family_id: int) -> Loop:
@@ -88,6 +90,11 @@ class SamplePipeline:
         self.ifindex_by_low16: dict[int, int] = {}
         use = fastpath.available() if compiled is None else compiled
         self._loop = new_compiled_loop(family_id) if use else None
+        # the compiled loop finishes datagrams into it, with no Python call per datagram, and the collectors
+        # send from it with one sendmmsg each (CollectorSet.send_loaded); None on the Python path (take())
+        self.outbox: Outbox | None = fastpath.module().Outbox() if use else None
+        if self.outbox is not None:
+            builder.set_outbox(self.outbox)
 
     @property
     def path(self) -> str:
@@ -97,6 +104,8 @@ class SamplePipeline:
     def set_builder(self, builder: DatagramBuilder) -> None:
         """Pack into builder from now on (a reload's new datagram settings)."""
         self.builder = builder
+        if self.outbox is not None:
+            builder.set_outbox(self.outbox)
 
     def set_links(self, ifindexes: list[int]) -> None:
         """Record the host's ifindexes, to widen 16-bit IIFINDEX values that are unambiguous."""

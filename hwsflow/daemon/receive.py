@@ -22,8 +22,12 @@ def drain(sock: socket.socket, buf: RecvBuffer | bytearray, pipeline: SamplePipe
         read, enobufs = _read_batched(sock, buf, pipeline, uptime_ms, batch)
     else:
         read, enobufs = _read_single(sock, buf, pipeline, uptime_ms, batch)
-    datagrams = pipeline.take()
-    if datagrams:
+    outbox = pipeline.outbox
+    if outbox is not None:  # the compiled loop's: sent from where it finished them
+        if outbox.loaded:
+            collectors.send_loaded(outbox)
+            outbox.clear()
+    elif datagrams := pipeline.take():
         collectors.send(datagrams)
     return read, enobufs
 

@@ -4,7 +4,8 @@ A collector that is unreachable or refuses never blocks or slows the others:
 every send is non-blocking, and a datagram that fails is counted, not retried.
 A name that does not resolve leaves its collector waiting, not the others.
 
-The datagrams of one drain go out with one sendmmsg per collector.  When one
+The datagrams of one drain go out with one sendmmsg per collector: from the compiled loop's Outbox,
+where it finished them (send_loaded), or copied into a DatagramSender (send).  When one
 fails after others of the same call went out, sendmmsg drops its error code
 (an ICMP error reported once, such as ECONNREFUSED, is then lost): the datagram
 is still counted as an error, and last_error keeps the last reason known.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hwsflow.core.reload import CollectorCounts, carried_counts
 from hwsflow.linux.mmsg import DatagramSender
@@ -50,6 +51,14 @@ class CollectorSet:
             for collector in self.collectors:
                 if collector.sock is not None:  # else not resolved yet: retried at each reconcile
                     _send_loaded(sender, collector, collector.sock.fileno())
+
+    def send_loaded(self, outbox: LoadedDatagrams) -> None:
+        """Every datagram in outbox (the compiled loop's, where it finished them) to every collector: one
+        sendmmsg each from where they already are, no copy; counted as send() counts."""
+        if outbox.loaded:
+            for collector in self.collectors:
+                if collector.sock is not None:
+                    _send_loaded(outbox, collector, collector.sock.fileno())
 
     def carry_over(self, old: CollectorSet) -> None:
         """A reload replaced old with this set: each collector kept keeps its counts (core.reload's rule)."""
@@ -88,7 +97,16 @@ class CollectorSet:
         self.sender.close()
 
 
-def _send_loaded(sender: DatagramSender, collector: Collector, fd: int) -> None:
+class LoadedDatagrams(Protocol):
+    """Datagrams ready for sendmmsg: DatagramSender once loaded, or the compiled loop's Outbox."""
+
+    @property
+    def loaded(self) -> int: ...
+
+    def send(self, fd: int, first: int, /) -> int: ...
+
+
+def _send_loaded(sender: LoadedDatagrams, collector: Collector, fd: int) -> None:
     """Every datagram loaded in sender to one collector: each one sent or counted as an error."""
     first = 0
     while first < sender.loaded:

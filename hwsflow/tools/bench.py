@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwsflow.core import fastpath
 from hwsflow.wire import psample
@@ -46,6 +46,9 @@ from hwsflow.core.pipeline import SamplePipeline
 from hwsflow.linux.psample_socket import NETLINK_GENERIC, kernel_drops, open_generic_socket
 from hwsflow.linux.mmsg import RecvBuffer, SendBuffer
 from hwsflow.daemon.receive import BATCH, drain
+
+if TYPE_CHECKING:
+    from hwsflow.core.fastpath import Outbox
 
 FAMILY_ID = 0x1F  # any id: no kernel family is involved in a unicast replay
 GROUP_BASE = 0x68770000
@@ -298,8 +301,10 @@ class Floor:
     the agent's own datagrams (agent_datagrams, in a cycle) sent through its CollectorSet at its pace, one
     datagram per as many messages as it carries."""
 
-    def __init__(self, sock: socket.socket, rbuf: RecvBuffer, collectors: CollectorSet) -> None:
+    def __init__(self, sock: socket.socket, rbuf: RecvBuffer, collectors: CollectorSet, compiled: bool) -> None:
         self.sock, self.rbuf, self.collectors = sock, rbuf, collectors
+        # sent as the agent's path sends them: from an Outbox (the compiled loop's), or as a list
+        self.outbox: Outbox | None = fastpath.module().Outbox() if compiled else None
         self.datagrams = agent_datagrams(FLOOR_SUB_AGENT)
         self.counts = [_DGRAM_U32.unpack_from(d, _DGRAM_COUNT_AT)[0] for d in self.datagrams]
         self.next = 0  # the next datagram of the cycle
@@ -316,7 +321,13 @@ class Floor:
             i = (i + 1) % len(counts)
         self.owed, self.next = owed, i
         if out:
-            self.collectors.send(out)
+            if self.outbox is not None:
+                for datagram in out:
+                    self.outbox.append(datagram)
+                self.collectors.send_loaded(self.outbox)
+                self.outbox.clear()
+            else:
+                self.collectors.send(out)
             self.sent_datagrams += len(out)
         return read
 
@@ -419,7 +430,7 @@ class _Bench:
         self.pipeline = bench_pipeline()  # the agent's path: compiled where it is built
         # the Python path beside it, in the same run (its datagrams marked for the collector's totals)
         self.python = bench_pipeline(PYTHON_SUB_AGENT, compiled=False) if self.pipeline.path == "compiled" else None
-        self.floor = Floor(self.sock, self.rbuf, self.collectors)
+        self.floor = Floor(self.sock, self.rbuf, self.collectors, self.pipeline.outbox is not None)
         self.started = time.monotonic()
 
     def uptime_ms(self) -> int:

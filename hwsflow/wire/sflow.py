@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Protocol
 
 from hwsflow.core.model import HEADER_MAX as MAX_PACKED_HEADER  # the pipeline's fast path packs up to this many bytes
 from hwsflow.core.model import U32_MAX as _U32_MASK
@@ -37,8 +38,11 @@ QUEUE_DEPTH = 1040  # extended_queue { unsigned int depth; } bytes
 
 # version, agent address type (the address itself follows separately)
 _DGRAM_START = struct.Struct("!II")
-# sub_agent_id is fixed per builder; sequence, uptime, count go after it.
-_DGRAM_TAIL = struct.Struct("!III")
+# sub_agent_id is fixed per builder; sequence, uptime, count go after it, at the builder's tail_at: the one
+# declaration of the datagram header's tail, which _finish packs and the compiled loop takes at start
+DATAGRAM_TAIL_FIELDS = ("sequence", "uptime", "samples")
+_DGRAM_TAIL = struct.Struct("!" + "I" * len(DATAGRAM_TAIL_FIELDS))
+DATAGRAM_TAIL_AT = {name: 4 * index for index, name in enumerate(DATAGRAM_TAIL_FIELDS)}  # from tail_at
 _U32 = struct.Struct("!I")
 
 # The compact flow sample with one sampled-header record (sample tag and length, flow_sample's fields, then
@@ -68,6 +72,17 @@ _ETHERNET_COUNTERS = struct.Struct("!15I")  # tag + length + 13 counters
 _PORT_NAME_MAX = 255  # string name<255>
 _U32_RECORD = struct.Struct("!III")  # tag, length (4), one unsigned int
 _U32_RECORD_PACK = _U32_RECORD.pack
+
+
+class Outbox(Protocol):
+    """Where finished datagrams go instead of take()'s list: the compiled loop's (core._fastpath.Outbox),
+    which it finishes datagrams into itself and the collectors send from with one sendmmsg."""
+
+    def append(self, datagram: bytes | bytearray | memoryview) -> None: ...
+
+    def datagrams(self) -> list[bytes]: ...
+
+    def clear(self) -> None: ...
 
 
 class DatagramBuilder:
@@ -101,6 +116,7 @@ class DatagramBuilder:
         self._view = memoryview(self._buf)  # a finished datagram is one copy out of it (the buffer never resizes)
         self._pos = self._header_len
         self._done: list[bytes] = []
+        self._outbox: Outbox | None = None
         self.sequence = 1
         self.pending = 0
 
@@ -113,6 +129,28 @@ class DatagramBuilder:
     def position(self) -> int:
         """Where the open datagram's next sample goes."""
         return self._pos
+
+    @property
+    def header_length(self) -> int:
+        """Where a datagram's first sample goes."""
+        return self._header_len
+
+    @property
+    def tail_at(self) -> int:
+        """Where the datagram header's DATAGRAM_TAIL_FIELDS start (at DATAGRAM_TAIL_AT from here)."""
+        return self._tail_at
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """Where finished datagrams go; None: take()'s list."""
+        return self._outbox
+
+    def set_outbox(self, outbox: Outbox) -> None:
+        """Finish datagrams into outbox from now on (those finished already go first); take() empties it."""
+        for datagram in self._done:
+            outbox.append(datagram)
+        self._done = []
+        self._outbox = outbox
 
     @property
     def max_size(self) -> int:
@@ -143,12 +181,14 @@ class DatagramBuilder:
         """`samples` samples were written into buffer, up to end."""
         self._commit(end, samples)
 
-    def commit_and_flush(self, end: int, samples: int, uptime_ms: int) -> int:
-        """commit(end, samples), then finish the datagram: where the next one's first sample goes.  One call
-        where a compiled caller would make two, once per datagram."""
-        if self._commit(end, samples):
-            self._finish(uptime_ms)
-        return self._pos
+    def finished_elsewhere(self, datagrams: int, end: int, samples: int) -> None:
+        """A compiled caller finished `datagrams` datagrams into the outbox itself (DATAGRAM_TAIL_FIELDS written
+        at tail_at: sequence numbers from self.sequence on, the count including the `pending` samples), then
+        packed `samples` samples up to end into the open datagram.  One call per run, not per datagram."""
+        if datagrams:
+            self.sequence = (self.sequence + datagrams) & _U32_MASK
+            self.pending = 0
+        self._commit(end, samples)
 
     def _commit(self, end: int, samples: int) -> int:
         if not self._header_len <= end <= self._max:
@@ -261,6 +301,10 @@ class DatagramBuilder:
 
     def take(self) -> list[bytes]:
         """Finished datagrams since the last take, oldest first."""
+        if self._outbox is not None:
+            done = self._outbox.datagrams()
+            self._outbox.clear()
+            return done
         done = self._done
         self._done = []
         return done
@@ -269,7 +313,10 @@ class DatagramBuilder:
         _DGRAM_TAIL.pack_into(
             self._buf, self._tail_at, self.sequence, uptime_ms & _U32_MASK, self.pending
         )
-        self._done.append(self._view[: self._pos].tobytes())
+        if self._outbox is not None:
+            self._outbox.append(self._view[: self._pos])
+        else:
+            self._done.append(self._view[: self._pos].tobytes())
         self.sequence = (self.sequence + 1) & _U32_MASK
         self.pending = 0
         self._pos = self._header_len

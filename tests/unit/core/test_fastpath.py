@@ -463,6 +463,41 @@ def test_the_compiled_loop_leaves_only_the_odd_slots_to_python(monkeypatch):
     assert fast.stats.compiled == 297 and fast.stats.foreign == 1
 
 
+@PATHS
+def test_datagram_sequence_numbers_and_uptime_wrap_alike_where_the_loop_finishes_datagrams(compiled):
+    """The compiled loop finishes full datagrams itself (their sequence number, uptime and sample count, into
+    the builder's outbox): the same bytes as the builder's own finishing, across the 2**32 wraps, with the
+    Python path's samples in the same datagrams."""
+    messages = [_usual(GROUP_BASE + i % 2, i // 2 + 1) for i in range(120)]
+    messages[7] = _usual(GROUP_BASE + 3, 1)  # egress: the Python path's, in the middle of a datagram
+    uptime = 2**32 + 5
+    fast = make_pipeline((128,) * len(PORTS), 700, False, "192.0.2.1", compiled)
+    reference = make_pipeline((128,) * len(PORTS), 700, False, "192.0.2.1")
+    for pipeline in (fast, reference):
+        pipeline.builder.sequence = 2**32 - 3
+    stride = 512
+    fast.feed_slots(slots(messages, stride), [len(m) for m in messages], stride, uptime)
+    for msg in messages:
+        reference.feed(msg, len(msg), uptime)
+    assert state(fast) == state(reference)
+    datagrams = fast.take()
+    assert datagrams == reference.take() and len(datagrams) > 4
+    parsed = [sflow_ref.parse_datagram(d) for d in datagrams]
+    assert [d["sequence_number"] for d in parsed[:5]] == [2**32 - 3, 2**32 - 2, 2**32 - 1, 0, 1]
+    assert {d["uptime"] for d in parsed} == {5}
+    assert sum(len(d["samples"]) for d in parsed) + fast.builder.pending == 120
+    assert fast.stats.compiled == (119 if compiled else 0)
+
+
+def test_the_compiled_loop_finishes_datagrams_only_into_an_outbox():
+    fast = make_pipeline((128,) * len(PORTS), 700, False, "192.0.2.1", compiled=True)
+    fast.builder = DatagramBuilder("192.0.2.1", max_size=700)  # not through set_builder: no outbox
+    msg = _usual(GROUP_BASE, 1)
+    with pytest.raises(TypeError, match="Outbox"):
+        fast.feed_slots(msg, [len(msg)], len(msg), 42)
+    assert fast.groups.by_group[GROUP_BASE].last_group_seq is None  # nothing accounted
+
+
 def test_the_compiled_loop_leaves_tunnel_samples_to_python(monkeypatch):
     """A sample with TUNNEL after DATA is the usual layout but for it: the compiled loop must leave exactly
     that slot to the Python path, whose general parser adds the tunnel records."""

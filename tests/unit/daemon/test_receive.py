@@ -31,6 +31,9 @@ class Sink:
     def send(self, datagrams: list[bytes]) -> None:
         self.datagrams += datagrams
 
+    def send_loaded(self, outbox) -> None:
+        self.datagrams += outbox.datagrams()
+
 
 @pytest.fixture()
 def pair():

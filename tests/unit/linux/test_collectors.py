@@ -6,6 +6,9 @@ import socket
 
 import errno
 
+import pytest
+
+from hwsflow.core import fastpath
 from hwsflow.linux.collectors import UNREPORTED, Collector, _send_loaded, collector_set, open_collectors, resolve
 
 
@@ -21,6 +24,21 @@ def _closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+# the two ways datagrams reach CollectorSet: a list (copied into its DatagramSender), or the compiled loop's
+# Outbox, sent from where it finished them; counted alike
+SENDS = pytest.mark.parametrize("how", ["list", "outbox"])
+
+
+def _deliver(collectors, datagrams: list[bytes], how: str) -> None:
+    if how == "list":
+        collectors.send(datagrams)
+        return
+    outbox = fastpath.module().Outbox()
+    for datagram in datagrams:
+        outbox.append(datagram)
+    collectors.send_loaded(outbox)
 
 
 def test_an_unresolvable_name_waits_while_the_others_get_every_datagram():
@@ -46,13 +64,14 @@ def test_an_unresolvable_name_waits_while_the_others_get_every_datagram():
     good.close()
 
 
-def test_a_refusing_collector_counts_errors_and_blocks_no_one():
+@SENDS
+def test_a_refusing_collector_counts_errors_and_blocks_no_one(how):
     good = _listener()
     targets = [("127.0.0.1", _closed_port()), ("127.0.0.1", good.getsockname()[1])]
     collectors, errors = open_collectors(targets)
     assert errors == []
     for i in range(20):  # the ICMP port unreachable of one send makes a later one fail with ECONNREFUSED
-        collectors.send([b"%d" % i])
+        _deliver(collectors, [b"%d" % i], how)
     assert [good.recv(100) for _ in range(20)] == [b"%d" % i for i in range(20)]
     refusing, sending = collectors.collectors
     assert sending.sent == 20 and sending.errors == 0
@@ -84,11 +103,12 @@ def test_one_send_of_many_datagrams_delivers_each_in_order():
     good.close()
 
 
-def test_a_refusing_collector_counts_errors_within_one_send():
+@SENDS
+def test_a_refusing_collector_counts_errors_within_one_send(how):
     good = _listener()
     collectors, _errors = open_collectors([("127.0.0.1", _closed_port()), ("127.0.0.1", good.getsockname()[1])])
     for _ in range(3):
-        collectors.send([b"%d" % i for i in range(20)])
+        _deliver(collectors, [b"%d" % i for i in range(20)], how)
     refusing, sending = collectors.collectors
     assert [good.recv(100) for _ in range(60)] == [b"%d" % i for i in range(20)] * 3
     assert sending.sent == 60 and sending.errors == 0
@@ -96,6 +116,37 @@ def test_a_refusing_collector_counts_errors_within_one_send():
     assert refusing.last_error in ("ECONNREFUSED", UNREPORTED)
     collectors.close()
     good.close()
+
+
+def test_an_outbox_sends_more_datagrams_than_one_sendmmsg_takes_in_order():
+    """1024 messages is the most one sendmmsg call takes: the Outbox sends the rest in further calls."""
+    good = _listener()
+    good.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    collectors, _errors = open_collectors([("127.0.0.1", good.getsockname()[1])])
+    datagrams = [i.to_bytes(2, "big") * (50 + i % 700) for i in range(2500)]
+    _deliver(collectors, datagrams, "outbox")
+    assert [good.recv(2000) for _ in datagrams] == datagrams
+    (sending,) = collectors.collectors
+    assert (sending.sent, sending.errors) == (2500, 0)
+    collectors.close()
+    good.close()
+
+
+def test_an_outbox_holds_copies_and_refuses_what_it_cannot_send():
+    outbox = fastpath.module().Outbox()
+    data = bytearray(b"abc")
+    outbox.append(data)
+    outbox.append(memoryview(b"0123456789")[2:5])
+    data[0:1] = b"X"  # a copy was taken
+    assert (outbox.loaded, outbox.datagrams()) == (2, [b"abc", b"234"])
+    assert outbox.send(-1, 2) == 0  # nothing from there on: no system call
+    with pytest.raises(OSError) as err:
+        outbox.send(-1, 0)
+    assert err.value.errno == errno.EBADF
+    with pytest.raises(ValueError):
+        outbox.send(-1, 3)
+    outbox.clear()
+    assert (outbox.loaded, outbox.datagrams()) == (0, [])
 
 
 class _ScriptedSender:

@@ -523,3 +523,49 @@ def test_parsed_datagram_is_json_and_text_friendly() -> None:
     assert "agent=192.0.2.1" in lines[0] and "samples=2" in lines[0]
     assert "rate=100" in lines[1] and "hdr=64 000102" in lines[1]
     assert "if=7" in lines[2] and "name='eth0'" in lines[2]
+
+
+class ListOutbox:
+    """An outbox as the builder sees one (the compiled loop's is core._fastpath.Outbox)."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def append(self, datagram: bytes | bytearray | memoryview) -> None:
+        self.items.append(bytes(datagram))
+
+    def datagrams(self) -> list[bytes]:
+        return list(self.items)
+
+    def clear(self) -> None:
+        self.items = []
+
+
+def test_an_outbox_gets_every_finished_datagram_in_order_and_take_empties_it():
+    plain, boxed = DatagramBuilder("192.0.2.1", max_size=300), DatagramBuilder("192.0.2.1", max_size=300)
+    outbox = ListOutbox()
+    for i in range(12):
+        if i == 5:  # datagrams finished before the outbox came go first
+            boxed.set_outbox(outbox)
+        for builder in (plain, boxed):
+            builder.add_flow_sample(**flow_args(seq=i, header=b"\x01" * 100))
+    assert boxed.outbox is outbox and len(outbox.items) > 2
+    plain.flush(7)
+    boxed.flush(7)
+    expected = plain.take()
+    assert outbox.items == expected
+    assert boxed.take() == expected and outbox.items == [] and boxed.take() == []
+
+
+def test_a_caller_that_finished_datagrams_itself_moves_the_sequence_on():
+    builder = DatagramBuilder("2001:db8::1", max_size=300)
+    assert builder.tail_at + 12 == builder.header_length == 40  # version, address type, address, sub-agent
+    builder.add_flow_sample(**flow_args())
+    builder.sequence = U32 - 1
+    start = builder.header_length
+    builder.finished_elsewhere(3, start + 8, 1)  # three finished (the first held the pending sample), one packed
+    assert (builder.sequence, builder.pending, builder.position) == (1, 1, start + 8)
+    builder.finished_elsewhere(0, start + 16, 2)  # none finished: the open datagram grows
+    assert (builder.sequence, builder.pending, builder.position) == (1, 3, start + 16)
+    with pytest.raises(ValueError):
+        builder.finished_elsewhere(0, 301, 1)

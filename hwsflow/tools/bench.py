@@ -727,6 +727,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"floor:       {r['queue_drain_floor_per_s']:>9,} samples/s  (receive and send alone, same prefilled "
         f"socket: {r['queue_drain_floor_cpu_us_per_sample']:.2f} us CPU per sample, ratio "
         f"{r['queue_drain_floor_ratio']:.3f}; the agent's per-sample work adds {r['per_sample_work_us']:.2f} us)",
+        f"socket:      {r['queue_drain_messages']:,} messages fill the agent's receive buffer ({r['rcvbuf']:,} bytes): "
+        f"a stall of {r['queue_drain_messages'] / max(r['offered_per_s'], 1) * 1000:.0f} ms at {r['offered_per_s']:,}/s",
         f"cpu:         {r['cpu_s_per_million']:.3f} s per million samples (receiver, full-speed runs)",
         *_python_lines(r),
         f"offered:     {r['offered_per_s']:,}/s for {p['duration_s']} s: sent {p['sent']:,}, processed "

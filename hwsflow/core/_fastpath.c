@@ -203,6 +203,7 @@ struct entry {
     PyObject *binding;        /* NULL: not the loop's (foreign, egress, too big), cached as such */
     PyObject *source;
     struct hws_group state;
+    uint64_t loaded_drops;    /* what the binding held: store writes only what changed */
     int dirty;
 };
 
@@ -212,6 +213,7 @@ struct run_ctx {
     long header_room;
     struct entry entries[CACHE];
     struct hws_source sources[CACHE];
+    struct hws_source loaded[CACHE]; /* what each source object held */
     PyObject *source_objs[CACHE];
     size_t nentries, nsources;
     int full;                 /* the cache is full: the look-up declines until the run restarts */
@@ -223,25 +225,31 @@ enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_SOURCE, A_IFINDE
 static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "source", "ifindex", "flow_seq", "pool", "resync_credit", "pool_hold", "buffer", "position", "outbox", "tail_at", "header_length", "sequence", "pending"};
 static PyObject *attr[A_COUNT];
 
-static int get_u64(PyObject *obj, enum attr name, uint64_t *out)
+/* 0 with *out, 1 when value is not an int from 0 to 2**64 - 1 (the Python path keeps that group), -1 on error */
+static int as_u64(PyObject *value, uint64_t *out)
 {
-    PyObject *value = PyObject_GetAttr(obj, attr[name]);
-    if (value == NULL)
-        return -1;
     int ok = PyLong_Check(value);
     if (ok) {
         *out = PyLong_AsUnsignedLongLong(value);
         ok = !(*out == (uint64_t)-1 && PyErr_Occurred());
     }
-    Py_DECREF(value);
     if (!ok) {
-        /* negative, beyond 64 bits or not an int: the Python path keeps this group */
         if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError))
             return -1;
         PyErr_Clear();
         return 1;
     }
     return 0;
+}
+
+static int get_u64(PyObject *obj, enum attr name, uint64_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, attr[name]);
+    if (value == NULL)
+        return -1;
+    int rc = as_u64(value, out);
+    Py_DECREF(value);
+    return rc;
 }
 
 static int set_u64(PyObject *obj, enum attr name, uint64_t value)
@@ -274,8 +282,9 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
     if (last_obj == NULL)
         return -1;
     int has_last = last_obj != Py_None;
+    rc = has_last ? as_u64(last_obj, &last) : 0;
     Py_DECREF(last_obj);
-    if (has_last && ((rc = get_u64(binding, A_LAST_GROUP_SEQ, &last)) != 0 || last > UINT32_MAX))
+    if (rc != 0 || last > UINT32_MAX)
         return rc ? rc : 1;
     PyObject *source = PyObject_GetAttr(binding, attr[A_SOURCE]);
     if (source == NULL)
@@ -294,6 +303,7 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
             rc = get_u64(source, A_POOL_HOLD, &st->pool_hold);
         if (rc == 0) {
             Py_INCREF(source);
+            ctx->loaded[s] = *st;
             ctx->source_objs[ctx->nsources++] = source;
         }
     }
@@ -306,6 +316,7 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
     e->source = source; /* the reference GetAttr returned */
     e->state = (struct hws_group){.ifindex = (uint32_t)ifindex, .header = (uint32_t)header, .has_last = has_last,
                                   .last_seq = (uint32_t)last, .drops = drops, .source = &ctx->sources[s]};
+    e->loaded_drops = drops;
     return 0;
 }
 
@@ -359,19 +370,20 @@ static int store(struct run_ctx *ctx)
             continue;
         if (rc == 0 && e->dirty && e->state.has_last
             && (set_u64(e->binding, A_LAST_GROUP_SEQ, e->state.last_seq) < 0
-                || set_u64(e->binding, A_DROPS, e->state.drops) < 0))
+                || (e->state.drops != e->loaded_drops && set_u64(e->binding, A_DROPS, e->state.drops) < 0)))
             rc = -1;
         Py_DECREF(e->binding);
         Py_DECREF(e->source);
     }
     for (size_t s = 0; s < ctx->nsources; s++) {
-        const struct hws_source *st = &ctx->sources[s];
+        const struct hws_source *st = &ctx->sources[s], *was = &ctx->loaded[s];
         PyObject *src = ctx->source_objs[s];
-        if (rc == 0 && (set_u64(src, A_FLOW_SEQ, st->flow_seq) < 0 || set_u64(src, A_POOL, st->pool) < 0
-                        || set_u64(src, A_DROPS, st->drops) < 0
-                        || set_u64(src, A_RESYNC_CREDIT, st->resync_credit) < 0
-                        || set_u64(src, A_POOL_HOLD, st->pool_hold) < 0))
+        /* the object still holds what was loaded (no Python ran on it since): write what changed */
+#define STORE(field, name) (st->field != was->field && set_u64(src, name, st->field) < 0)
+        if (rc == 0 && (STORE(flow_seq, A_FLOW_SEQ) || STORE(pool, A_POOL) || STORE(drops, A_DROPS)
+                        || STORE(resync_credit, A_RESYNC_CREDIT) || STORE(pool_hold, A_POOL_HOLD)))
             rc = -1;
+#undef STORE
         Py_DECREF(src);
     }
     ctx->nentries = ctx->nsources = 0;

@@ -1,7 +1,8 @@
 """Many messages per system call: recvmmsg(2) and sendmmsg(2) through ctypes, reused buffers.
 
 RecvBuffer reads psample, SendBuffer replays psample messages in the benchmark, and
-DatagramSender sends the collectors' datagrams.
+DatagramSender sends the collectors' datagrams on the Python path (with the compiled loop they go out
+through its Outbox, hwsflow/core/_fastpath.c, without ctypes).
 
 Python's socket module has no recvmmsg.  Each psample sample is its own
 netlink message, so one recv per sample costs a system call and a Python call

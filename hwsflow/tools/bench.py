@@ -30,7 +30,7 @@ import struct
 import sys
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -120,7 +120,8 @@ def templates(family_id: int = FAMILY_ID, ports: int = PORTS) -> list[bytearray]
 
 
 def _sender(conn: Connection, port_id: int, ports: int) -> None:
-    """Answer ("send", count, rate, stream) with (sent, refused, seconds); rate 0 means as fast as possible.
+    """Answer ("send", count, rate, stream) with (sent, refused, seconds, refused per second of the run); rate 0
+    means as fast as possible.
 
     ("fill", 0, 0, stream) sends until the receiver's socket is full, and answers the same way.
     """
@@ -143,7 +144,7 @@ def _sender(conn: Connection, port_id: int, ports: int) -> None:
 
 
 def _fill(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray],
-          seqs: list[int]) -> tuple[int, int, float]:
+          seqs: list[int]) -> tuple[int, int, float, dict[int, int]]:
     """Queue messages until the socket refuses one; the refused one takes back its GROUP_SEQ (no gap)."""
     sent, n, start = 0, len(msgs), time.monotonic()
     while True:
@@ -154,7 +155,7 @@ def _fill(sock: socket.socket, address: tuple[int, int], msgs: list[bytearray],
             sock.sendto(msgs[g], socket.MSG_DONTWAIT, address)
         except BlockingIOError:
             seqs[g] -= 1
-            return sent, 0, time.monotonic() - start
+            return sent, 0, time.monotonic() - start, {}
         sent += 1
 
 
@@ -178,13 +179,15 @@ def _number(sbuf: SendBuffer, seqs: list[int], batch: int) -> None:
         view.release()
 
 
-def _send(sock: socket.socket, sbuf: SendBuffer, seqs: list[int], count: int, rate: int) -> tuple[int, int, float]:
+def _send(sock: socket.socket, sbuf: SendBuffer, seqs: list[int], count: int,
+          rate: int) -> tuple[int, int, float, dict[int, int]]:
     # blocking sends at full speed (the receiver's pace); paced sends never wait, like the kernel,
     # which drops a sample when the socket is full.  One sendmmsg per SEND_BATCH messages: a
     # sendto each cost this process ~1.5 us a message, CPU the receiver shares the machine with
     flags = socket.MSG_DONTWAIT if rate else 0
     fd = sock.fileno()
     sent = refused = 0
+    by_second: dict[int, int] = {}  # when the refusals happened: a stall, or a receiver slower than the rate
     start = time.monotonic()
     while sent < count:
         batch = min(sbuf.slots, count - sent)
@@ -195,12 +198,14 @@ def _send(sock: socket.socket, sbuf: SendBuffer, seqs: list[int], count: int, ra
             if rate and done < batch:  # the socket is full: this sample is lost, as in the kernel
                 refused += 1
                 done += 1
+                second = int(time.monotonic() - start)
+                by_second[second] = by_second.get(second, 0) + 1
         sent += batch
         if rate:
             ahead = start + sent / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-    return sent, refused, time.monotonic() - start
+    return sent, refused, time.monotonic() - start, by_second
 
 
 # ---------------------------------------------------------------- collector process
@@ -354,6 +359,7 @@ class RunResult:
     refused: int
     seconds: float
     cpu_seconds: float
+    refused_by_second: dict[int, int] = field(default_factory=dict)  # seconds into the run: refusals
 
 
 def _receive(sock: socket.socket, sender: Connection, command: tuple[str, int, int, str], read_some: Callable[[], int],
@@ -382,8 +388,8 @@ def _receive(sock: socket.socket, sender: Connection, command: tuple[str, int, i
         if reply is not None and read < BATCH:
             break
     seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    sent, refused, _send_seconds = reply
-    return RunResult(processed, sent, refused, seconds, cpu)
+    sent, refused, _send_seconds, by_second = reply
+    return RunResult(processed, sent, refused, seconds, cpu, by_second)
 
 
 def _status_mb(field: str) -> float:
@@ -463,7 +469,7 @@ class _Bench:
         """Let the sender fill the socket, then time read_some emptying it: no sender competes for a core."""
         stream = {self.agent_read: "agent", self.python_read: "python"}.get(read_some, "bare")
         self.sender.send(("fill", 0, 0, stream))
-        sent, refused, _seconds = self.sender.recv()
+        sent, refused, _seconds, _by_second = self.sender.recv()
         processed = 0
         cpu0, t0 = time.process_time(), time.monotonic()
         while processed < sent:
@@ -618,6 +624,9 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
         "queue_processed": sum(r.processed for r in queue),
         "paced": {"duration_s": options.duration, "sent": paced.sent, "processed": paced.processed,
                   "refused_by_kernel": paced.refused, "kernel_drops": kdrops,
+                  # how many seconds of the run saw refusals, and the most in one: a stall or a slow receiver
+                  "refused_seconds": len(paced.refused_by_second),
+                  "refused_most_in_one_second": max(paced.refused_by_second.values(), default=0),
                   "achieved_per_s": round(paced.sent / paced.seconds)},
         "pipeline": {"messages": stats.messages, "samples": stats.samples, "foreign": stats.foreign,
                      "malformed": stats.malformed, "other": stats.other, "compiled": stats.compiled},
@@ -684,7 +693,8 @@ def _target_lines(r: dict[str, Any]) -> list[str]:
         f"  compiled / python path:       {speedup}  {verdict('speedup')}",
         f"  CPU per sample above floor:   {t['per_sample_work_us']['value']:.2f} us  {verdict('per_sample_work_us')}",
         f"  lost:                         {t['lost']['value']:,}  {verdict('lost')}{short}; refused by the agent's "
-        f"full socket {p['refused_by_kernel']:,}, kernel drops {p['kernel_drops']:,}, collector send errors "
+        f"full socket {p['refused_by_kernel']:,} (in {p['refused_seconds']} of the run's seconds, at most "
+        f"{p['refused_most_in_one_second']:,} in one), kernel drops {p['kernel_drops']:,}, collector send errors "
         f"{c['send_errors']:,}, exported but not collected {c['samples_missing']:,}",
         f"  receiver RSS, paced run:      {r['rss_start_mb']} -> {r['rss_end_mb']} MB (peak {r['peak_rss_mb']})  "
         f"{verdict('rss')}",

@@ -48,6 +48,7 @@ def test_every_sample_sent_is_processed_at_a_low_rate(tiny_run):
     paced = report["paced"]
     assert paced["sent"] == 2000 and paced["processed"] == paced["sent"]
     assert report["lost"] == 0 and paced["kernel_drops"] == 0
+    assert paced["refused_seconds"] == paced["refused_most_in_one_second"] == 0
     assert report["full_processed"] == report["full_sent"] == 3000
     # the prefilled socket is emptied whole, and by the agent's path alone
     assert report["queue_processed"] == report["queue_sent"] > 0

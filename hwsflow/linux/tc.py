@@ -358,6 +358,11 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
     try:
         ipr.nlm_request(build_filter_msg(spec), RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
     except NetlinkError as err:
+        if err.code in (errno.EINVAL, errno.ENOENT) and find_clsact_kind(ipr, spec.ifindex) is None:
+            # the qdisc found a moment ago is gone: its owner is re-creating it (Open vSwitch at port
+            # initialisation), a race a later attempt wins
+            raise FilterVanished(f"port {spec.ifname}: the qdisc under the {spec.direction} sample filter was "
+                                 "deleted while the filter was being added (another program re-creating it)") from err
         raise _install_error(spec, err, ipr) from err
     added = read_filter(ipr, spec)
     if added is None:

@@ -15,8 +15,13 @@ STUCK_AFTER is an ERROR, once per condition, and its recovery is said too.
 A heal can also find hwsflow's priority held by another program's filter (Open
 vSwitch's ingress policer takes priority 1).  That is no race: the port is
 BLOCKED, an ERROR at once (it stays unsampled until someone acts), said once per
-condition; hwsflow tries again when a filter at that priority is deleted (the
-rtnetlink event) and every BLOCKED_POLL in case an event was lost.
+condition; hwsflow tries again as soon as a filter at that priority is deleted
+(the rtnetlink event, FREED_SETTLE later) and every BLOCKED_POLL in case an
+event was lost.
+
+An event that arrives while a heal of its port is under way (the heal began
+before the deletion it reports) is not lost with that heal's outcome: the heal it
+asks for still runs, and a retry or poll set by the outcome never puts it off.
 
 Pure, one state machine per port in the manner of h11's _state.py: explicit
 states, events, a transition table; the agent passes the time in, does the I/O,
@@ -39,6 +44,9 @@ RETRY_FIRST = 0.25  # s before the first retry of a heal that failed; doubled up
 RETRY_MAX = 5.0
 STUCK_AFTER = 10.0  # s a port may stay unsampled through failed heals before that is an ERROR
 BLOCKED_POLL = 5.0  # s between tries on a port whose priority another program holds, besides the events
+# s from a filter deletion at a blocked port's priority to the try: at once, but for the moment another program
+# takes between deleting its filter and adding the next (Open vSwitch re-applying a policer at a new rate)
+FREED_SETTLE = 0.05
 
 
 class HealState(enum.Enum):
@@ -95,6 +103,7 @@ class _Port:
     failing_since: float | None = None  # first failure of the current run of failed heals
     delay: float = RETRY_FIRST
     reported: str | None = None  # the failure an ERROR has said, so it is said once
+    heal_began: float | None = None  # when the heal under way began (due() or began()); None when none is
 
 
 @dataclass(frozen=True)
@@ -121,13 +130,16 @@ class HealSchedule:
     # ------------------------------------------------------------ rtnetlink events
 
     def filter_lost(self, ifindex: int, now: float) -> None:
+        # on a blocked port the filter deleted may be the one in the way: the priority is free, try at once
+        settle = FREED_SETTLE if self.state(ifindex) is HealState.BLOCKED else SETTLE
         port = self._fire(ifindex, HealEvent.FILTER_LOST)
         # a burst of events: the first one counts; a retry or poll further off is brought forward
-        port.at = now + SETTLE if port.at is None else min(port.at, now + SETTLE)
+        port.at = now + settle if port.at is None else min(port.at, now + settle)
 
     def owner_qdisc_lost(self, ifindex: int, now: float) -> None:
         port = self._fire(ifindex, HealEvent.OWNER_QDISC_LOST)
-        port.qdisc_lost = now if port.qdisc_lost is None else port.qdisc_lost
+        # during a heal it is a new loss, whatever the heal under way was waiting for: its owner gets its grace
+        port.qdisc_lost = now if port.qdisc_lost is None or port.heal_began is not None else port.qdisc_lost
         port.at = now + SETTLE if port.at is None else port.at
 
     def qdisc_added(self, ifindex: int, now: float) -> None:
@@ -154,10 +166,22 @@ class HealSchedule:
         result = []
         for ifindex, port in self._ports.items():
             if port.at is not None and port.at <= now:
-                port.at = None
+                port.at, port.heal_began = None, now
                 lost = port.qdisc_lost
                 result.append(Due(ifindex, lost is None or now - lost >= QDISC_GRACE))
         return result
+
+    def began(self, ifindex: int, now: float) -> None:
+        """A heal the schedule did not ask for (the periodic full check) begins: events from now on ask for
+        another one."""
+        port = self._ports.setdefault(ifindex, _Port())
+        port.at, port.heal_began = None, now
+
+    def _asked_meanwhile(self, port: _Port) -> float | None:
+        """When the heal an event asked for during the heal just ended is due; that heal is over."""
+        asked = port.at if port.heal_began is not None else None
+        port.heal_began = None
+        return asked
 
     def waits_for_owner(self, ifindex: int) -> bool:
         """Whether the periodic full check must leave this port to its qdisc's owner for now."""
@@ -166,22 +190,39 @@ class HealSchedule:
     # ------------------------------------------------------------ outcomes
 
     def healed(self, ifindex: int, ifname: str) -> LogLine | None:
-        port = self._ports.pop(ifindex, None)
-        if port is None or port.reported is None:
+        port = self._ports.get(ifindex)
+        if port is None:
             return None
-        return LogLine(logging.INFO, f"port {ifname}: sampled again, every filter reinstalled")
+        began = port.heal_began
+        asked = self._asked_meanwhile(port)
+        line = None if port.reported is None else LogLine(logging.INFO, f"port {ifname}: sampled again, every filter reinstalled")
+        if asked is None:
+            del self._ports[ifindex]
+            return line
+        # another program deleted the filter (or the qdisc) again while this heal ran: the heal that asked for
+        # still comes, the qdisc's owner still gets its grace if it was the qdisc
+        lost_meanwhile = port.qdisc_lost is not None and began is not None and port.qdisc_lost >= began
+        port.state = HealState.AWAITING_QDISC if lost_meanwhile else HealState.SETTLING
+        port.qdisc_lost = port.qdisc_lost if lost_meanwhile else None
+        port.failing_since, port.reported, port.delay = None, None, RETRY_FIRST
+        return line
 
     def qdisc_missing(self, ifindex: int, now: float) -> None:
         port = self._fire(ifindex, HealEvent.QDISC_MISSING)
-        port.at = now + HEAL_POLL
+        self._next(port, now + HEAL_POLL)
         if port.qdisc_lost is None:
             port.qdisc_lost = now
+
+    def _next(self, port: _Port, at: float) -> None:
+        """Heal again at `at`, or sooner where an event during the heal asked for it."""
+        asked = self._asked_meanwhile(port)
+        port.at = at if asked is None else min(at, asked)
 
     def blocked(self, ifindex: int, reason: str, now: float) -> LogLine | None:
         """Another program's filter holds the port's priority: an ERROR once per condition (reason says
         which filter and what to change), then quiet until it is healed; tried again on a filter deletion."""
         port = self._fire(ifindex, HealEvent.BLOCKED)
-        port.at = now + BLOCKED_POLL
+        self._next(port, now + BLOCKED_POLL)  # a filter deleted meanwhile may have freed the priority already
         port.qdisc_lost = None
         port.delay = RETRY_FIRST
         if port.failing_since is None:
@@ -199,7 +240,7 @@ class HealSchedule:
             port.failing_since, port.delay = now, RETRY_FIRST
         else:
             port.delay = min(port.delay * 2, RETRY_MAX)
-        port.at = now + port.delay
+        self._next(port, now + port.delay)
         port.qdisc_lost = None
         assert port.failing_since is not None
         if now - port.failing_since >= STUCK_AFTER:

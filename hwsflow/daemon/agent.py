@@ -399,10 +399,10 @@ class Agent:
             self._set_links(links)
             await self.ports.reconcile(links)
             self._schedule_retries()
-            now = time.monotonic()
             for ifindex in list(self.ports.ports):
                 if not self.heals.waits_for_owner(ifindex):  # those wait for their qdisc's owner first
-                    await self._heal(ifindex, True, now)
+                    self.heals.began(ifindex, time.monotonic())  # an event from now on asks for another heal
+                    await self._heal(ifindex, True, time.monotonic())
 
     async def _handle_links(self) -> None:
         if not self._dirty_links:

@@ -353,7 +353,12 @@ class Agent:
         if event.kind == rtnl_events.RTM_NEWQDISC:
             self.heals.qdisc_added(event.ifindex, now)  # ends a wait for that qdisc
             return
-        if event.kind == rtnl_events.RTM_DELTFILTER and event.priority not in (0, *(s.priority for s in port.specs)):
+        ours = tuple(s.priority for s in port.specs)
+        if event.kind == rtnl_events.RTM_NEWTFILTER and event.priority not in ours:
+            return  # Open vSwitch's flower rules come and go at other priorities
+        # a filter added at hwsflow's priority can take the place of hwsflow's with no deletion event (Open
+        # vSwitch's policer, added while hwsflow reinstalled, measured on 6.12): checked like a deletion
+        if event.kind == rtnl_events.RTM_DELTFILTER and event.priority not in (0, *ours):
             return  # another program's filter (Open vSwitch's flower rules churn): not ours
         if event.kind == rtnl_events.RTM_DELQDISC and event.parent == tc.TC_H_INGRESS and not port.created_qdisc:
             self.heals.owner_qdisc_lost(event.ifindex, now)

@@ -1,4 +1,5 @@
-"""rtnetlink events that matter to hwsflow: links coming and going, qdiscs and tc filters deleted, qdiscs added.
+"""rtnetlink events that matter to hwsflow: links coming and going, qdiscs added and deleted, tc filters added
+and deleted.
 
 A raw NETLINK_ROUTE socket read on the event loop (pyroute2's asyncio sockets
 do not run on uvloop).  parse_events is pure; only the few header fields the
@@ -19,25 +20,25 @@ RTMGRP_LINK = 0x1
 RTMGRP_TC = 0x8
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
-RTM_DELTFILTER = 45
+RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 EVENT_RCVBUF = 4 << 20  # OVS can churn thousands of flower filters: keep the events, not ENOBUFS
 
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _TCMSG = struct.Struct("=B3xiIII")  # family, ifindex, handle, parent, info
 LINK_EVENTS = frozenset({RTM_NEWLINK, RTM_DELLINK})
-TC_EVENTS = frozenset({RTM_NEWQDISC, RTM_DELQDISC, RTM_DELTFILTER})
+TC_EVENTS = frozenset({RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER})
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: int  # RTM_NEWLINK, RTM_DELLINK, RTM_NEWQDISC, RTM_DELQDISC or RTM_DELTFILTER
+    kind: int  # RTM_NEWLINK, RTM_DELLINK, RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER or RTM_DELTFILTER
     ifindex: int
     parent: int = 0  # tc events: the qdisc's parent or the filter's parent (ingress/egress block)
-    priority: int = 0  # RTM_DELTFILTER: the deleted filter's priority; 0 when a whole chain went
+    priority: int = 0  # RTM_NEWTFILTER, RTM_DELTFILTER: the filter's priority; 0 when a whole chain went
 
 
 def parse_events(buf: bytes | bytearray | memoryview, nbytes: int) -> list[Event]:
-    """The events in one datagram; anything else (new filters, malformed tails) is skipped."""
+    """The events in one datagram; anything else (chains, actions, malformed tails) is skipped."""
     events: list[Event] = []
     pos = 0
     while pos + NLMSG_HDR.size <= nbytes:

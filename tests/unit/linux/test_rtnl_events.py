@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from hwsflow.linux.rtnl_events import (
-    RTM_DELLINK, RTM_DELQDISC, RTM_DELTFILTER, RTM_NEWLINK, RTM_NEWQDISC, Event, parse_events,
+    RTM_DELLINK, RTM_DELQDISC, RTM_DELTFILTER, RTM_NEWLINK, RTM_NEWQDISC, RTM_NEWTFILTER, Event, parse_events,
 )
 
 
@@ -22,13 +22,13 @@ def _tc(kind: int, ifindex: int, parent: int, priority: int) -> bytes:
     return _msg(kind, struct.pack("=B3xiIII", 0, ifindex, 0, parent, priority << 16 | 0x0300))
 
 
-def test_link_and_tc_deletions_are_parsed_from_one_datagram():
+def test_link_and_tc_events_are_parsed_from_one_datagram():
     data = _link(RTM_NEWLINK, 7) + _tc(RTM_DELTFILTER, 7, 0xFFFFFFF2, 1) + _tc(RTM_DELQDISC, 7, 0xFFFFFFF1, 0) \
-        + _tc(44, 7, 0xFFFFFFF2, 3) + _tc(RTM_NEWQDISC, 7, 0xFFFFFFF1, 0) \
-        + _link(RTM_DELLINK, 9)  # 44: a new filter, not acted on
+        + _tc(RTM_NEWTFILTER, 7, 0xFFFFFFF2, 3) + _tc(RTM_NEWQDISC, 7, 0xFFFFFFF1, 0) \
+        + _tc(100, 7, 0xFFFFFFF2, 0) + _link(RTM_DELLINK, 9)  # 100: RTM_NEWCHAIN, not acted on
     assert parse_events(data, len(data)) == [
         Event(RTM_NEWLINK, 7), Event(RTM_DELTFILTER, 7, 0xFFFFFFF2, 1), Event(RTM_DELQDISC, 7, 0xFFFFFFF1, 0),
-        Event(RTM_NEWQDISC, 7, 0xFFFFFFF1, 0), Event(RTM_DELLINK, 9),
+        Event(RTM_NEWTFILTER, 7, 0xFFFFFFF2, 3), Event(RTM_NEWQDISC, 7, 0xFFFFFFF1, 0), Event(RTM_DELLINK, 9),
     ]
 
 

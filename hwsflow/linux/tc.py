@@ -278,21 +278,23 @@ def ensure_qdisc(ipr: IPRoute, ifindex: int, ifname: str, direction: Direction) 
     return True
 
 
-def _filter_messages(ipr: IPRoute, ifindex: int, direction: Direction) -> list[TcMsg]:
-    """Every filter of any kind on the port and direction, as the kernel dumps them."""
-    request = _filter_key_msg(ifindex, direction)
+def _filter_messages(ipr: IPRoute, ifindex: int, direction: Direction, priority: int = 0) -> list[TcMsg]:
+    """Every filter of any kind on the port and direction, as the kernel dumps them; with a priority, only
+    the filters of protocol `all` there (the kernel leaves the others out of the dump)."""
+    request = _filter_key_msg(ifindex, direction, priority)
     replies = ipr.nlm_request(request, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP)
     return [msg for msg in replies if msg["header"]["type"] == RTM_NEWTFILTER]
 
 
-def dump_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[FilterState]:
-    """Every matchall + sample filter on the port and direction, hwsflow's or not."""
+def dump_filters(ipr: IPRoute, ifindex: int, direction: Direction, priority: int = 0) -> list[FilterState]:
+    """Every matchall + sample filter on the port and direction (at that priority, if one is given),
+    hwsflow's or not."""
     if direction == "egress" and find_clsact_kind(ipr, ifindex) != "clsact":
         # a plain ingress qdisc resolves every parent to its one block: an "egress" dump there
         # would list the ingress filters, and deleting them as egress ones would remove those
         return []
     try:
-        messages = _filter_messages(ipr, ifindex, direction)
+        messages = _filter_messages(ipr, ifindex, direction, priority)
     except NetlinkError as err:
         if err.code in (errno.EINVAL, errno.ENOENT, errno.ENODEV):
             return []  # no qdisc (yet) or no such port: nothing installed
@@ -307,9 +309,11 @@ def own_filters(ipr: IPRoute, ifindex: int, direction: Direction) -> list[Filter
 
 
 def read_filter(ipr: IPRoute, spec: FilterSpec) -> FilterState | None:
-    """hwsflow's filter for spec's port, direction, priority and chain, if the kernel has it."""
-    for state in own_filters(ipr, spec.ifindex, spec.direction):
-        if state.priority == spec.priority and state.chain == spec.chain:
+    """hwsflow's filter for spec's port, direction, priority and chain, if the kernel has it.  Only that
+    priority is dumped: heals and pool re-syncs do not parse the thousands of flower rules Open vSwitch can
+    have on the port."""
+    for state in dump_filters(ipr, spec.ifindex, spec.direction, spec.priority):
+        if state.ours and state.priority == spec.priority and state.chain == spec.chain:
             return state
     return None
 

@@ -47,3 +47,24 @@ def test_a_refusal_with_the_qdisc_in_place_is_a_failure_that_names_the_port():
     with pytest.raises(tc.TcError, match="port vport1: cannot add the ingress sample filter") as raised:
         tc.install(Kernel(errno.EOPNOTSUPP, qdisc="ingress"), SPEC)
     assert not isinstance(raised.value, tc.FilterVanished)
+
+
+class Recorder(Kernel):
+    """Remembers the dump requests it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EINVAL, qdisc="ingress")
+        self.dumps: list[int] = []
+
+    def nlm_request(self, msg, msg_type, flags):
+        if msg_type != RTM_NEWTFILTER:
+            self.dumps.append(msg["info"])
+        return super().nlm_request(msg, msg_type, flags)
+
+
+def test_reading_hwsflows_filter_back_dumps_its_priority_alone():
+    """Not the port's every filter: Open vSwitch can have thousands of flower rules there, at 2 and up."""
+    kernel = Recorder()
+    spec = tc.FilterSpec(ifindex=7, ifname="vport1", direction="ingress", rate=1, group=3000, trunc=128, priority=9)
+    assert tc.read_filter(kernel, spec) is None
+    assert [info >> 16 for info in kernel.dumps] == [9]

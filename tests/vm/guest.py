@@ -121,12 +121,12 @@ class Collector:
         return {k: [d.hex() for d in v] for k, v in self.datagrams.items()}
 
 
-def wait_for(condition: Callable[[], object], deadline: float, what: str) -> float:
+def wait_for(condition: Callable[[], object], deadline: float, what: str, interval: float = 0.05) -> float:
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > deadline:
             raise TimeoutError(f"timed out after {deadline:.0f} s waiting for {what}")
-        time.sleep(0.05)  # a poll interval, not a wait for an outcome
+        time.sleep(interval)  # a poll interval, not a wait for an outcome
     return time.monotonic() - start
 
 

@@ -35,19 +35,24 @@ class DataSource:
         """Samples received: each one is exported as the next flow sample (a count the hot path need not keep)."""
         return self.flow_seq
 
-    def resync_pool(self, kernel_packets: int) -> None:
+    def resync_pool(self, kernel_packets: int, pool_when_read: int | None = None) -> None:
         """Converge on the packets the kernel's sample actions saw, without ever going back.
 
         Behind: the pool is lifted to the kernel's count.  Ahead (the estimate from samples x rate ran
         over): the pool holds at what it is, and samples fill the difference before they advance it
         again, so it stays ahead by no more than what samples have added since this reading.
+
+        pool_when_read is the pool when the counters were asked for: samples taken while the answer was on
+        its way may stand for packets the kernel counted after it answered, so only what the pool was
+        ahead by then is held.  None: the pool now.
         """
         if kernel_packets >= self.pool:
             self.resync_credit += kernel_packets - self.pool
             self.pool = kernel_packets
             self.pool_hold = 0
         else:
-            self.pool_hold = self.pool - kernel_packets
+            ahead = (self.pool if pool_when_read is None else min(pool_when_read, self.pool)) - kernel_packets
+            self.pool_hold = max(ahead, 0)
 
     def advance(self, packets: int) -> None:
         """Add packets that samples stood for: into the hold first while the pool is ahead."""

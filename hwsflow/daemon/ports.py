@@ -322,6 +322,8 @@ class PortManager:
         port = self.ports.get(ifindex)
         if port is None:
             return
+        source = self.groups.sources.get(ifindex)
+        pool_when_read = source.pool if source is not None else None  # samples go on arriving during the reads
         for spec in port.specs:
             try:
                 state = await self.rtnl.call(tc.read_filter, spec)
@@ -334,7 +336,8 @@ class PortManager:
                 binding.sync_tc(state.packets)
         source = self.groups.sources.get(ifindex)
         if source is not None and port.specs:
-            source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source))
+            source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source),
+                               pool_when_read)
 
     # ------------------------------------------------------------ the CLI's runtime changes
 

@@ -183,6 +183,33 @@ def test_the_pool_is_never_ahead_by_more_than_samples_added_since_the_last_resyn
     assert s.source.pool - s.tc_total <= 4 * 20 + 12  # bounded, not a random walk
 
 
+def test_samples_taken_while_the_counter_was_read_are_not_held():
+    # 1-in-1: the counters are asked for at pool 177; the kernel answers 177, and by the time the answer is
+    # applied sample 178 (a packet counted after the answer) is in.  The pool is not ahead of anything: no hold,
+    # and sample 179 still advances it.
+    source = DataSource(ifindex=7, ifname="eno1")
+    binding = GroupBinding(group=1, direction="ingress", rate=1, header=128, source=source)
+    for seq in range(1, 178):
+        binding.account(seq, 1)
+    asked_at = source.pool
+    binding.account(178, 1)
+    source.resync_pool(177, asked_at)
+    assert (source.pool, source.pool_hold) == (178, 0)
+    binding.account(179, 1)
+    assert source.pool == 179
+    # the same reading applied as if it were taken now holds the one sample back: the race this avoids
+    racy = DataSource(ifindex=8, ifname="eno2", pool=178)
+    racy.resync_pool(177)
+    assert racy.pool_hold == 1
+
+
+def test_a_pool_already_ahead_when_the_counter_was_asked_for_holds_that_much():
+    source = DataSource(ifindex=7, ifname="eno1", pool=120)
+    source.advance(4)  # a sample while the answer was on its way
+    source.resync_pool(100, 120)
+    assert (source.pool, source.pool_hold) == (124, 20)
+
+
 def test_a_hold_and_a_loss_credit_both_stand():
     # a re-sync lifted the pool for lost samples not yet seen (credit), a later one finds it ahead (hold):
     # the gap's packets are still not counted twice, and the rest fills the hold

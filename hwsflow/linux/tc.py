@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWTFILTER
+from pyroute2.netlink.rtnl import RTM_DELACTION, RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWACTION, RTM_NEWTFILTER
 
 from hwsflow.core.model import DIRECTIONS, Direction, Offload
 from hwsflow.wire import tc_nla
-from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcMsg
+from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcaMsg, TcMsg
 
 
 ETH_P_ALL = 0x0003
@@ -95,6 +95,7 @@ class FilterState:
     in_hw: bool | None  # None: the kernel reported neither IN_HW nor NOT_IN_HW
     packets: int  # packets that reached the sample action (software + hardware)
     skip: int = 0  # the SKIP_SW / SKIP_HW flags it was installed with
+    index: int = 0  # the sample action's index: what an in-place rate change names
 
     @property
     def ours(self) -> bool:
@@ -152,6 +153,18 @@ def build_filter_msg(spec: FilterSpec) -> TcMsg:
     return msg
 
 
+def build_action_msg(spec: FilterSpec, index: int) -> TcaMsg:
+    """The RTM_NEWACTION body that sets the sample action `index` to spec's rate, group and trunc, verdict and
+    cookie as hwsflow installs them; byte-identical to iproute2's `tc actions change action sample rate N
+    group G trunc T continue index I cookie C`."""
+    action = {"kind": "sample", "rate": spec.rate, "group": spec.group, "trunc": spec.trunc,
+              "verdict": TC_ACT_UNSPEC, "cookie": spec.cookie, "index": index}
+    msg = TcaMsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = [["TCA_ROOT_TAB", tc_nla.action_list_attrs([action])]]
+    return msg
+
+
 def _filter_key_msg(ifindex: int, direction: Direction, priority: int = 0, chain: int | None = None) -> TcMsg:
     msg = TcMsg()
     msg["family"] = socket.AF_UNSPEC
@@ -198,6 +211,7 @@ def parse_filter(msg: TcMsg, direction: Direction) -> FilterState | None:
         in_hw=in_hw,
         packets=_action_packets(action),
         skip=flags & (tc_nla.TCA_CLS_FLAGS_SKIP_SW | tc_nla.TCA_CLS_FLAGS_SKIP_HW),
+        index=sample.get_attr("TCA_SAMPLE_PARMS")["index"],
     )
 
 
@@ -373,6 +387,41 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
         raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was "
                              "added (another program replaced the qdisc under it)")
     return added, False
+
+
+def change_rate(ipr: IPRoute, spec: FilterSpec, index: int) -> FilterState:
+    """Set the rate of hwsflow's installed sample action `index` to spec.rate in place (RTM_NEWACTION with
+    NLM_F_REPLACE): the same action, bound to the same filter, so its packet counter, the port's pool and
+    sampling go on without a gap.  act_sample's init keeps the action's statistics on a replace and takes
+    the new rate under the action's lock (kernels 4.11 on, so 5.14 to 6.12 alike).
+
+    Raises FilterVanished when the filter is no longer there afterwards (another program deleted it
+    meanwhile); a standalone action the replace may then have created is deleted again.
+    """
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE  # no NLM_F_CREATE: a change, as far as tc lets one ask
+    try:
+        ipr.nlm_request(build_action_msg(spec, index), RTM_NEWACTION, flags)
+    except NetlinkError as err:
+        raise _port_error(spec.ifname, f"cannot change the {spec.direction} sample rate to {spec.rate}", err) from err
+    state = read_filter(ipr, spec)
+    if state is None or state.index != index:
+        _delete_unbound_action(ipr, index)
+        raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone when its rate "
+                             "was changed (another program deleted it)")
+    return state
+
+
+def _delete_unbound_action(ipr: IPRoute, index: int) -> None:
+    """Delete sample action `index` if no filter holds it (the kernel refuses to delete a bound one)."""
+    msg = TcaMsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
+        ["TCA_ACT_KIND", "sample"], ["TCA_ACT_INDEX", index]]}]]}]]
+    try:
+        ipr.nlm_request(msg, RTM_DELACTION, NLM_F_REQUEST | NLM_F_ACK)
+    except NetlinkError as err:
+        if err.code not in (errno.ENOENT, errno.EINVAL, errno.EPERM):  # gone, or bound: either way not orphaned
+            raise
 
 
 def holder_of(ipr: IPRoute, spec: FilterSpec) -> tuple[str | None, list[str]]:

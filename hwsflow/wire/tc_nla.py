@@ -172,10 +172,30 @@ class TcMsg(nlmsg):
         return _tc_options_class(self.get_attr('TCA_KIND')) or nla.hex
 
 
+class TcaMsg(nlmsg):
+    """struct tcamsg: RTM_NEWACTION / RTM_DELACTION / RTM_GETACTION, the actions on their own (`tc actions`)."""
+
+    prefix = 'TCA_ROOT_'
+    fields = (
+        ('family', 'B'),
+        ('pad1', 'B'),
+        ('pad2', 'H'),
+    )
+    nla_map = (
+        (0, 'TCA_ROOT_UNSPEC', 'none'),
+        (1, 'TCA_ROOT_TAB', 'action_list'),  # TCA_ACT_TAB
+        (2, 'TCA_ROOT_FLAGS', 'hex'),
+        (3, 'TCA_ROOT_COUNT', 'uint32'),
+        (4, 'TCA_ROOT_TIME_DELTA', 'uint32'),
+    )
+    action_list = ActionList
+
+
 def _sample_parameters(kwarg: dict[str, Any]) -> dict[str, Any]:
     """pyroute2 tc() API: {'kind': 'sample', 'rate': N, 'group': G, 'trunc': T, 'action': verdict}."""
     attrs: list[list[Any]] = [
-        ['TCA_SAMPLE_PARMS', {'action': kwarg.get('verdict', TC_ACT_UNSPEC)}],
+        # index 0 lets the kernel pick one; an existing index with NLM_F_REPLACE changes that action in place
+        ['TCA_SAMPLE_PARMS', {'index': kwarg.get('index', 0), 'action': kwarg.get('verdict', TC_ACT_UNSPEC)}],
         ['TCA_SAMPLE_RATE', kwarg['rate']],
         ['TCA_SAMPLE_PSAMPLE_GROUP', kwarg['group']],
     ]

@@ -118,3 +118,48 @@ def test_another_filter_at_hwsflows_priority_is_named_with_the_priority_to_chang
     assert "Set another `priority` for this port" in message
     assert "unknown filter" in tc.priority_taken_message(_spec(), None, [])
     assert tc.describe_holder("matchall", ["police", "mirred"]) == "matchall filter with a police + mirred actions"
+
+
+# TCA_ACT_TAB that iproute2 6.1 sends for
+#   tc actions change action sample rate 10 group 5 trunc 128 continue index 7 cookie 68777366
+# captured with `strace -e sendmsg -xx` (flags REQUEST|ACK|REPLACE|CREATE: hwsflow leaves CREATE out)
+IPROUTE2_CHANGE = bytes.fromhex(
+    "50000100" "4c000100"  # TCA_ACT_TAB, TCA_ACT_PRIO_1
+    "0b000100" "73616d706c650000"  # TCA_ACT_KIND "sample"
+    "34000280"  # TCA_ACT_OPTIONS, NLA_F_NESTED
+    "18000200" "07000000" "00000000" "ffffffff" "00000000" "00000000"  # PARMS: index 7, action -1
+    "08000300" "0a000000"  # RATE 10
+    "08000500" "05000000"  # PSAMPLE_GROUP 5
+    "08000400" "80000000"  # TRUNC_SIZE 128
+    "08000600" "68777366"  # TCA_ACT_COOKIE
+)
+
+
+def test_rate_change_message_is_byte_identical_to_iproute2():
+    spec = tc.FilterSpec(ifindex=1, ifname="lo", direction="ingress", rate=10, group=5, trunc=128)
+    msg = tc.build_action_msg(spec, index=7)
+    act = msg.get_attr("TCA_ROOT_TAB")["attrs"][0][1]["attrs"]
+    act[-1][1] = b"hwsf"  # the iproute2 capture used a 4-byte cookie
+    msg["header"]["type"] = 48
+    msg["header"]["flags"] = 0x105
+    msg.encode()
+    data = bytes(msg.data)
+    assert data[16:20] == bytes(4)  # struct tcamsg: AF_UNSPEC and padding
+    assert data[20:] == IPROUTE2_CHANGE
+
+
+def test_filter_state_carries_the_action_index():
+    spec = tc.FilterSpec(ifindex=7, ifname="p", direction="ingress", rate=400, group=1003, trunc=96)
+    msg = tc.build_filter_msg(spec)
+    sample = msg.get_attr("TCA_OPTIONS")["attrs"][0][1]["attrs"][0][1]["attrs"][1][1]["attrs"][0][1]
+    sample["index"] = 42  # as the kernel dumps it
+    decoded = TcMsg(_encode_msg(msg))
+    decoded.decode()
+    state = tc.parse_filter(decoded, "ingress")
+    assert state is not None and state.index == 42
+
+
+def _encode_msg(msg: TcMsg) -> bytes:
+    msg["header"]["type"] = 44
+    msg.encode()
+    return bytes(msg.data)

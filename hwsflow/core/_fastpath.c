@@ -204,6 +204,7 @@ struct entry {
     PyObject *source;
     struct hws_group state;
     uint64_t loaded_drops;    /* what the binding held: store writes only what changed */
+    uint32_t loaded_last_rate;
     int dirty;
 };
 
@@ -221,8 +222,8 @@ struct run_ctx {
 };
 
 /* attribute names, interned once: a look-up by a C string would make a str object every time */
-enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_SOURCE, A_IFINDEX, A_FLOW_SEQ, A_POOL, A_RESYNC_CREDIT, A_POOL_HOLD, A_BUFFER, A_POSITION, A_OUTBOX, A_TAIL_AT, A_HEADER_LENGTH, A_SEQUENCE, A_PENDING, A_COUNT };
-static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "source", "ifindex", "flow_seq", "pool", "resync_credit", "pool_hold", "buffer", "position", "outbox", "tail_at", "header_length", "sequence", "pending"};
+enum attr { A_DIRECTION, A_HEADER, A_DROPS, A_LAST_GROUP_SEQ, A_LAST_RATE, A_SOURCE, A_IFINDEX, A_FLOW_SEQ, A_POOL, A_RESYNC_CREDIT, A_POOL_HOLD, A_BUFFER, A_POSITION, A_OUTBOX, A_TAIL_AT, A_HEADER_LENGTH, A_SEQUENCE, A_PENDING, A_COUNT };
+static const char *const attr_text[A_COUNT] = {"direction", "header", "drops", "last_group_seq", "last_rate", "source", "ifindex", "flow_seq", "pool", "resync_credit", "pool_hold", "buffer", "position", "outbox", "tail_at", "header_length", "sequence", "pending"};
 static PyObject *attr[A_COUNT];
 
 /* 0 with *out, 1 when value is not an int from 0 to 2**64 - 1 (the Python path keeps that group), -1 on error */
@@ -272,10 +273,13 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
     Py_DECREF(direction);
     if (!ingress)
         return 1;
-    uint64_t header, ifindex, drops, last = 0;
+    uint64_t header, ifindex, drops, last = 0, last_rate;
     int rc;
-    if ((rc = get_u64(binding, A_HEADER, &header)) != 0 || (rc = get_u64(binding, A_DROPS, &drops)) != 0)
+    if ((rc = get_u64(binding, A_HEADER, &header)) != 0 || (rc = get_u64(binding, A_DROPS, &drops)) != 0
+        || (rc = get_u64(binding, A_LAST_RATE, &last_rate)) != 0)
         return rc;
+    if (last_rate > UINT32_MAX)
+        return 1;
     if ((long long)header > ctx->header_room)
         return 1;
     PyObject *last_obj = PyObject_GetAttr(binding, attr[A_LAST_GROUP_SEQ]);
@@ -315,8 +319,10 @@ static int load(struct run_ctx *ctx, struct entry *e, PyObject *binding)
     e->binding = binding;
     e->source = source; /* the reference GetAttr returned */
     e->state = (struct hws_group){.ifindex = (uint32_t)ifindex, .header = (uint32_t)header, .has_last = has_last,
-                                  .last_seq = (uint32_t)last, .drops = drops, .source = &ctx->sources[s]};
+                                  .last_seq = (uint32_t)last, .last_rate = (uint32_t)last_rate,
+                                  .drops = drops, .source = &ctx->sources[s]};
     e->loaded_drops = drops;
+    e->loaded_last_rate = (uint32_t)last_rate;
     return 0;
 }
 
@@ -370,6 +376,8 @@ static int store(struct run_ctx *ctx)
             continue;
         if (rc == 0 && e->dirty && e->state.has_last
             && (set_u64(e->binding, A_LAST_GROUP_SEQ, e->state.last_seq) < 0
+                || (e->state.last_rate != e->loaded_last_rate
+                    && set_u64(e->binding, A_LAST_RATE, e->state.last_rate) < 0)
                 || (e->state.drops != e->loaded_drops && set_u64(e->binding, A_DROPS, e->state.drops) < 0)))
             rc = -1;
         Py_DECREF(e->binding);

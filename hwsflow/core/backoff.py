@@ -108,7 +108,7 @@ class RateChange:
 
     def log_line(self) -> LogLine:
         # INFO: the agent resolves the load itself; the lost samples it reacts to are counted as drops
-        ifindex, direction = self.key
+        direction = self.key[1]
         return LogLine(logging.INFO, f"port {self.ifname} {direction}: sampling 1-in-{self.old} -> 1-in-{self.new}: "
                                      f"{self.reason}")
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import yaml
 
+from hwsflow.core.backoff import DEFAULT_BUDGET, DEFAULT_HOLD
 from hwsflow.core.model import (
     DEFAULT_CONTROL_SOCKET, DIRECTION_CHOICES, GROUP_MAX, GROUP_MIN, GROUP_ROOM, HEADER_MAX, HEADER_MIN, OFFLOADS,
     U32_MAX, DirectionChoice, LinkInfo, Offload, PortSelector, is_ifname,
@@ -33,6 +34,7 @@ MAX_SWITCH_ID = 32  # bytes: the kernel's MAX_PHYS_ITEM_ID_LEN
 SUN_PATH = 108  # bytes of sockaddr_un.sun_path, NUL included
 # bytes of a config file: tens of thousands of port rules fit, and parsing stays within seconds (3-4 s a MiB)
 MAX_FILE = 1 << 20
+MAX_BUDGET = 1_000_000_000  # samples/s: far beyond any host, a bound that catches a misplaced unit
 
 
 class ConfigError(Exception):
@@ -76,6 +78,8 @@ class PortSettings:
     # `sampling: auto`: the rate comes from the link's speed (core.sampling); sampling is then the
     # default for a link that reports none
     sampling_auto: bool = False
+    # the port's own budget for back-off, samples/s per filter (direction); None: only the agent's applies
+    max_samples_per_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class Config:
     ports: tuple[PortRule, ...]
     metrics: Target | None = None  # where the Prometheus endpoint listens; None: no endpoint, no listening socket
     ovsdb: str | None = DEFAULT_OVSDB  # Open vSwitch's database socket; None: Open vSwitch is not read
+    max_samples_per_s: int = DEFAULT_BUDGET  # back-off's budget for the whole agent; 0 turns back-off off
+    backoff_hold: int = DEFAULT_HOLD  # s under half the budget before a backed-off rate steps back
 
     def bridge_rules(self) -> dict[str, str]:
         """Each bridge `bridge:` rules name, with the first rule naming it as the log names rules ("ports[2]")."""
@@ -137,7 +143,8 @@ class Config:
 
 # Top-level keys whose change a reload cannot apply port by port: the agent rebuilds what depends on them.
 GLOBAL_KEYS = ("agent", "sub_agent_id", "targets", "group_base", "datagram_size", "expanded", "rcvbuf",
-               "control_socket", "polling", "keep_filters", "metrics", "ovsdb")
+               "control_socket", "polling", "keep_filters", "metrics", "ovsdb",
+               "max_samples_per_s", "backoff_hold")
 
 
 def global_changes(old: Config, new: Config) -> list[str]:
@@ -167,7 +174,14 @@ _INT_RANGES: Mapping[str, _IntRange] = MappingProxyType({
     "datagram_size": _IntRange(256, 65000, "bytes of one sFlow datagram"),
     "rcvbuf": _IntRange(65536, 2**31 - 1, "bytes; SO_RCVBUFFORCE takes a signed 32-bit int"),
     "group": _IntRange(GROUP_MIN, GROUP_MAX, "a psample group id"),
+    "max_samples_per_s": _IntRange(0, MAX_BUDGET, "samples per second the agent takes before it backs sampling "
+                                                  "off; 0 turns back-off off"),
+    "backoff_hold": _IntRange(1, 3600, "seconds the load must stay under half the budget before a backed-off "
+                                       "rate steps back"),
 })
+# a rule's own max_samples_per_s: per filter of the port; 0 would never let it sample
+_PORT_BUDGET = _IntRange(1, MAX_BUDGET, "samples per second each filter of this port may send before its rate "
+                                        "backs off")
 _CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "direction": DIRECTION_CHOICES,
     "offload": OFFLOADS,
@@ -176,17 +190,21 @@ _DEFAULTS_TOP: Mapping[str, object] = MappingProxyType({
     "agent": None, "sub_agent_id": 0, "polling": 20, "group_base": 1000, "datagram_size": 1400,
     "expanded": False, "rcvbuf": 33554432, "keep_filters": False, "control_socket": DEFAULT_CONTROL_SOCKET,
     "metrics": None, "ovsdb": DEFAULT_OVSDB,
+    "max_samples_per_s": DEFAULT_BUDGET, "backoff_hold": DEFAULT_HOLD,
 })
-_PORT_SETTING_KEYS = tuple(name for name in PortSettings.__dataclass_fields__ if name != "sampling_auto")
+# keys a rule sets and the top level passes down; max_samples_per_s is a rule's own (at the top it is the agent's)
+_PORT_SETTING_KEYS = tuple(name for name in PortSettings.__dataclass_fields__
+                           if name not in ("sampling_auto", "max_samples_per_s"))
 SAMPLING_AUTO = "auto"
 _SELECTOR_KEYS = ("name", "match", "switch_id", "port_name", "bridge")
-_PORT_KEYS = (*_SELECTOR_KEYS, "tunnels", "group", *_PORT_SETTING_KEYS)
+_PORT_KEYS = (*_SELECTOR_KEYS, "tunnels", "group", *_PORT_SETTING_KEYS, "max_samples_per_s")
 _TOP_KEYS = ("agent", "sub_agent_id", "targets", *_PORT_SETTING_KEYS, "polling", "group_base",
-             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ovsdb", "ports")
+             "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics", "ovsdb",
+             "max_samples_per_s", "backoff_hold", "ports")
 # Open vSwitch's limit for a bridge name is the kernel's for an interface: the bridge is also its internal port
 _BRIDGE_WHAT = "an Open vSwitch bridge name, as `ovs-vsctl list-br` shows it"
 # what a receive-only rule cannot use: they shape the filter hwsflow does not install for it
-_FILTER_ONLY_KEYS = ("offload", "priority", "chain")
+_FILTER_ONLY_KEYS = ("offload", "priority", "chain", "max_samples_per_s")
 
 
 # characters of a value or of YAML's own complaint an error repeats: enough to recognise it, never a flood
@@ -640,6 +658,9 @@ def _port_rule(problems: _Problems, key: str, value: object, defaults: PortSetti
     # ingress samples unless the rule says otherwise
     base = replace(defaults, direction="ingress") if "group" in value else defaults
     settings = _port_settings(problems, value, key, base)
+    if "max_samples_per_s" in value and "group" not in value:
+        budget = problems.check(_int, f"{key}.max_samples_per_s", value["max_samples_per_s"], _PORT_BUDGET)
+        settings = replace(settings, max_samples_per_s=budget)
     if len(problems.found) > count:
         return None
     return PortRule(name, match, switch_id, port_name, group, settings, bridge=bridge, tunnels=bool(tunnels))
@@ -775,6 +796,8 @@ def _config(document: object, path: str) -> Config:
     if ovsdb is None and top["ovsdb"] is None and rules and any(rule.bridge is not None for _, rule in rules):
         problems.found.append(_Invalid("ovsdb", "is null, but `bridge` rules read Open vSwitch's database: give "
                                                 f"its socket (the default is {DEFAULT_OVSDB})"))
+    max_samples_per_s = number("max_samples_per_s")
+    backoff_hold = number("backoff_hold")
     # the checks across keys, where the keys they read are valid
     if datagram_size is not None and rules is not None and "header" not in _keys(problems):
         headers = [("header", defaults.header)] + [(f"ports[{i}].header", r.settings.header) for i, r in rules]
@@ -789,6 +812,7 @@ def _config(document: object, path: str) -> Config:
         datagram_size=_present(datagram_size), expanded=_present(expanded), rcvbuf=_present(rcvbuf),
         keep_filters=_present(keep_filters), control_socket=_present(control_socket),
         ports=tuple(rule for _, rule in _present(rules)), metrics=metrics, ovsdb=ovsdb,
+        max_samples_per_s=_present(max_samples_per_s), backoff_hold=_present(backoff_hold),
     )
 
 

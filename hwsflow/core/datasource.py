@@ -77,6 +77,9 @@ class GroupBinding:
     header: int  # bytes of each packet exported
     source: DataSource
     last_group_seq: int | None = None
+    # the rate of the last sample received (0: none yet): a gap between samples of two rates (back-off changed
+    # the rate in place) counts its lost samples at the lower one, and a pool re-sync lifts what that misses
+    last_rate: int = 0
     drops: int = 0
     tc_packets: int = 0  # the sample action's packet counter at the last reading
     tc_total: int = 0  # packets seen by this direction's actions, across filter reinstalls
@@ -96,7 +99,9 @@ class GroupBinding:
             if gap and gap < HALF_U32 and not (group_seq == 0 and last == 0):
                 self.drops += gap
                 source.drops += gap
-                source.add_lost(gap * rate)  # lost samples stood for packets too
+                lost_rate = min(self.last_rate, rate) if self.last_rate else rate
+                source.add_lost(gap * lost_rate)  # lost samples stood for packets too
         self.last_group_seq = group_seq
+        self.last_rate = rate
         source.flow_seq += 1
         source.advance(rate)

@@ -152,7 +152,8 @@ int hws_account(struct hws_group *group, uint32_t seq, uint32_t rate)
         /* all-zero sequences (mlx5 hardware) are no gap; a jump backwards is a reset */
         if (gap >= HALF_U32 || (seq == 0 && group->last_seq == 0))
             gap = 0;
-        lost = gap * rate; /* < 2**63 */
+        uint32_t lost_rate = group->last_rate && group->last_rate < rate ? group->last_rate : rate;
+        lost = gap * lost_rate; /* < 2**63 */
         absorbed = s->resync_credit < lost ? s->resync_credit : lost;
     }
     /* DataSource.advance: lost packets then the sample's own, into the hold first while the pool is ahead */
@@ -168,6 +169,7 @@ int hws_account(struct hws_group *group, uint32_t seq, uint32_t rate)
     s->pool_hold -= held;
     s->pool += add;
     group->last_seq = seq;
+    group->last_rate = rate;
     group->has_last = 1;
     s->flow_seq += 1;
     return 1;

@@ -66,6 +66,7 @@ struct hws_group {
     uint32_t header;           /* header bytes exported */
     int has_last;              /* last_seq is set */
     uint32_t last_seq;
+    uint32_t last_rate;        /* the last sample's rate, 0 when none: a gap counts at the lower of two rates */
     uint64_t drops;
     struct hws_source *source;
 };

@@ -69,13 +69,13 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _port_rows(ports: list[dict[str, Any]]) -> list[list[str]]:
-    rows = [["PORT", "IFINDEX", "GROUP", "RATE", "DIRECTION", "OFFLOAD", "SAMPLES/S", "DROPS", "POOL", "LAST",
-             "FROM"]]
+    rows = [["PORT", "IFINDEX", "GROUP", "RATE", "IN-FORCE", "DIRECTION", "OFFLOAD", "SAMPLES/S", "DROPS", "POOL",
+             "LAST", "FROM"]]
     for port in ports:
         groups = ",".join(str(g) for g in port["groups"]) or "-"
         rows.append([
             port["port"], str(port["ifindex"]) if port["ifindex"] is not None else "-", groups,
-            f"1-in-{port['rate']}", port["direction"], port["offload"], f"{port['samples_per_s']:.1f}",
+            f"1-in-{port['rate']}", _in_force(port), port["direction"], port["offload"], f"{port['samples_per_s']:.1f}",
             str(port["drops"]), str(port["pool"]), _age(port["last_sample_age_s"]),
             "runtime" if port["runtime"] else "config",
         ])
@@ -103,6 +103,12 @@ def _ovs_lines(attachments: list[dict[str, Any]]) -> list[str]:
     for bridge, sflow in {a["bridge"]: a["bridge_sflow"] for a in attachments if a["bridge_sflow"]}.items():
         lines.append(sflow_note(bridge, OvsSflow(tuple(sflow["targets"]), sflow["sampling"])))
     return lines
+
+
+def _in_force(port: dict[str, Any]) -> str:
+    """The rate the filters run at, marked when back-off raised it above the configured one."""
+    in_force = port.get("rate_in_force", port["rate"])
+    return f"1-in-{in_force}" + ("*" if in_force != port["rate"] else "")
 
 
 def render(status: dict[str, Any]) -> str:
@@ -137,6 +143,9 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  {port['port']}: {port['error']}")
         if port.get("rate_from", "configured") != "configured":
             lines.append(f"  {port['port']}: 1-in-{port['rate']} ({port['rate_from']})")
+        if port.get("rate_in_force", port["rate"]) != port["rate"] or port.get("rate_reason"):
+            lines.append(f"  {port['port']}: *backed off to 1-in-{port.get('rate_in_force')} from 1-in-{port['rate']}: "
+                         f"{port.get('rate_reason') or 'the rate in force'}")
         lines += [f"  {port['port']}: {text}" for text in _ovs_lines(port.get("ovs") or [])]
     if any(p["offload"] == "not_in_hw" for p in ports):
         lines.append(NOT_IN_HW_NOTE)

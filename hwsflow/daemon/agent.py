@@ -24,6 +24,7 @@ from hwsflow import __version__
 from hwsflow.linux import rtnl_events, tc
 from hwsflow.linux.collectors import CollectorSet, collector_set, resolve
 from hwsflow.core.config import Config, ConfigError, load_config
+from hwsflow.core.backoff import BackoffPolicy
 from hwsflow.core.heal import SETTLE, HealSchedule
 from hwsflow.core.model import U32_MAX, LinkInfo
 from hwsflow.core.missing_ports import MissingPorts
@@ -68,7 +69,9 @@ class Agent:
         self.rtnl = RtnlWorker()
         self.groups = GroupTable(config.group_base)
         self.limiter = RateLimiter()  # warnings that repeat: collectors failing, filters deleted again and again
-        self.ports = PortManager(config, self.rtnl, self.groups, self.limiter)
+        # the rate each filter runs at under load (max_samples_per_s): decided once a tick by _back_off
+        self.backoff = BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
+        self.ports = PortManager(config, self.rtnl, self.groups, self.limiter, self.backoff)
         self.collectors = CollectorSet()
         self.address = ""
         self.psample: PsampleSocket | None = None
@@ -96,6 +99,7 @@ class Agent:
         self._rxbuf = RecvBuffer()  # written for speed: up to 128 psample messages per recvmmsg call
         self._evbuf = bytearray(1 << 16)
         self.psample_state = PsampleAvailability(time.monotonic())
+        self._psample_drops = 0  # the psample socket's kernel drop count, as last read
         self.missing = MissingPorts()  # named ports not there yet: INFO, ERROR only when one stays away
         self.ovs = OvsFollower(config, self._on_ovs_change)  # Open vSwitch's bridges, for `bridge:` rules and status
         self._ovs_dirty = False
@@ -285,6 +289,41 @@ class Agent:
                 self.limiter.warn(log, ("collector", collector.target), "collector %s: sending fails (%s); %d errors",
                                   collector.target, collector.last_error, collector.errors)
             self._collector_errors[collector.target] = collector.errors
+
+    # ---------------------------------------------------------------- back-off
+
+    async def _back_off_loop(self) -> None:
+        """Once a tick: the back-off decision on every filter's counters, and its changes applied."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), TICK)
+                return
+            except TimeoutError:
+                pass
+            if self.backoff.enabled or self.backoff.active():  # off and nothing to restore: no tc reads at all
+                await self._back_off()
+
+    def _overruns(self) -> int:
+        """Messages the psample socket could not take so far (the kernel's drop count, ENOBUFS seen)."""
+        if self.psample is None:
+            return 0
+        drops = self.psample.kernel_drops()
+        if drops is not None:  # an unreadable /proc keeps the last count, so it never seems to jump
+            self._psample_drops = drops
+        return self._psample_drops + self.psample.enobufs
+
+    async def _back_off(self) -> None:
+        async with self._lock:
+            readings = await self.ports.backoff_readings()
+            now = time.monotonic()
+            for change in self.backoff.tick(now, readings, self._overruns()):
+                _say(change.log_line())
+                failure = await self.ports.change_rate(change.key, change.new)
+                if failure is not None:
+                    # the filter went meanwhile: healed like any deleted filter, at the rate in force
+                    log.info("%s; reinstalling it", failure)
+                    self.heals.filter_lost(change.key[0], now)
+                    self._wake.set()
 
     # ---------------------------------------------------------------- counters and pools
 
@@ -533,6 +572,7 @@ class Agent:
                     self.heals.forget(ifindex)
                 self.groups.rebase(new.group_base)
             self.config = new
+            self.backoff.configure(new.max_samples_per_s, new.backoff_hold)
             self.ports.reload(new)
             await self.ovs.reload(new)
             links = await self._read_links()
@@ -643,7 +683,8 @@ class Agent:
             await self.start()
             # ready even while psample is missing: the control socket answers and status says so
             notify("READY=1")
-            tasks = [asyncio.create_task(self._poll_ports()), asyncio.create_task(self._maintain())]
+            tasks = [asyncio.create_task(self._poll_ports()), asyncio.create_task(self._maintain()),
+                     asyncio.create_task(self._back_off_loop())]
             if self.psample is None:
                 tasks.append(asyncio.create_task(self._wait_psample()))
             await self._tick()

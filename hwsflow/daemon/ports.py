@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -23,6 +23,7 @@ from hwsflow.core.groups import GroupTable
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.linux.rtnl import RtnlWorker, hosts_of_own_filters
 from hwsflow.core import sampling
+from hwsflow.core.backoff import BackoffPolicy, Key, Reading
 from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all, plan_port, rate_choice
 
 log = logging.getLogger("hwsflow")
@@ -83,8 +84,11 @@ def offload_text(state: tc.FilterState | None) -> str:
 
 
 class PortManager:
-    def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable, limiter: RateLimiter) -> None:
+    def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable, limiter: RateLimiter,
+                 backoff: BackoffPolicy | None = None) -> None:
         self.config = config
+        # the rate each filter runs at: its plan's, unless back-off raised it (filters are installed at that one)
+        self.backoff = backoff or BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
         self.limiter = limiter
         self.rtnl = rtnl
         self.groups = groups
@@ -190,7 +194,8 @@ class PortManager:
         wanted = previous[0] if previous and (bound is None or bound.source.ifindex == plan.ifindex) else None
         # bound before the filter exists, so not even the first sample is counted as foreign
         binding = self.groups.bind(plan.ifindex, plan.ifname, direction, settings.sampling, settings.header, wanted)
-        spec = tc.FilterSpec(plan.ifindex, plan.ifname, direction, settings.sampling, binding.group,
+        rate = self.backoff.rate((plan.ifindex, direction), settings.sampling)
+        spec = tc.FilterSpec(plan.ifindex, plan.ifname, direction, rate, binding.group,
                              settings.header, settings.priority, settings.chain, settings.offload)
         try:
             port.created_qdisc |= await self.rtnl.call(tc.ensure_qdisc, plan.ifindex, plan.ifname, direction)
@@ -219,9 +224,10 @@ class PortManager:
         port.specs.append(spec)
         port.states[direction] = state
         binding.sync_tc(state.packets)  # an adopted filter may have counted already
-        log.info("port %s (ifindex %d): %s 1-in-%d, header %d, group %d, priority %d, %s%s%s",
-                 plan.ifname, plan.ifindex, direction, settings.sampling, settings.header, binding.group,
-                 settings.priority, offload_text(state),
+        log.info("port %s (ifindex %d): %s 1-in-%d%s, header %d, group %d, priority %d, %s%s%s",
+                 plan.ifname, plan.ifindex, direction, rate,
+                 f" (backed off from the configured 1-in-{settings.sampling})" if rate != settings.sampling else "",
+                 settings.header, binding.group, settings.priority, offload_text(state),
                  " (software only: only the slow path is sampled)" if state.in_hw is False else "",
                  ", adopted the filter an earlier run left" if adopted else "")
 
@@ -339,6 +345,54 @@ class PortManager:
             source.resync_pool(sum(b.tc_total for b in self.groups.by_group.values() if b.source is source),
                                pool_when_read)
 
+    # ------------------------------------------------------------ back-off
+
+    async def backoff_readings(self) -> list[Reading]:
+        """Each installed filter's figures for the back-off decision: its tc packet counter (read now), the
+        samples its group lost, its configured rate and its port's own budget."""
+        readings = []
+        for ifindex, port in self.ports.items():
+            if port.plan.receive_group is not None:
+                continue  # no filter of hwsflow's: no rate to change
+            for spec in port.specs:
+                binding = self.groups.get(spec.group)
+                if binding is None:
+                    continue
+                packets: int | None = None
+                if spec.direction in port.states:
+                    try:
+                        state = await self.rtnl.call(tc.read_filter, spec)
+                    except (NetlinkError, OSError) as err:
+                        log.debug("port %s: cannot read the %s filter: %s", port.ifname, spec.direction, err)
+                        state = None
+                    if state is not None and state.rate == spec.rate:  # else heal reinstalls it, or a change is under way
+                        port.states[spec.direction] = state
+                        binding.sync_tc(state.packets)
+                        packets = binding.tc_total  # across reinstalls: a fresh filter's counter starts at 0
+                settings = port.plan.settings
+                readings.append(Reading((ifindex, spec.direction), port.ifname, settings.sampling, packets,
+                                        binding.drops, settings.max_samples_per_s))
+        return readings
+
+    async def change_rate(self, key: Key, rate: int) -> str | None:
+        """Set the filter's rate in place (the same tc action, its counter and the pool go on); None when done,
+        else why not.  The spec takes the new rate either way: a heal reinstalls the filter at the rate in force."""
+        ifindex, direction = key
+        port = self.ports.get(ifindex)
+        found = [i for i, spec in enumerate(port.specs) if spec.direction == direction] if port else []
+        if port is None or not found:
+            return None  # gone meanwhile: nothing to change
+        spec = port.specs[found[0]] = replace(port.specs[found[0]], rate=rate)
+        state = port.states.get(direction)
+        if state is None:
+            return f"port {port.ifname}: the {direction} filter is not installed; it is installed at 1-in-{rate}"
+        try:
+            port.states[direction] = await self.rtnl.call(tc.change_rate, spec, state.index)
+        except (tc.TcError, NetlinkError, OSError) as err:
+            port.states.pop(direction, None)
+            return str(err)
+        return None
+
     # ------------------------------------------------------------ the CLI's runtime changes
 
     def _find(self, name: str) -> tuple[int, LinkInfo]:
@@ -386,6 +440,11 @@ class PortManager:
                 texts = {offload_text(state) for state in port.states.values()}
                 offload = texts.pop() if len(texts) == 1 else "mixed"
             rates = {state.rate for state in port.states.values()}
+            keys = [(ifindex, spec.direction) for spec in port.specs]
+            in_force = max((self.backoff.rate(key, plan.settings.sampling) for key in keys),
+                           default=plan.settings.sampling)
+            reasons = [f"{key[1]}: {reason}" if len(keys) > 1 else reason
+                       for key in keys if (reason := self.backoff.reason(key)) is not None]
             rows.append({
                 "port": port.ifname, "ifindex": ifindex, "groups": groups, "rate": plan.settings.sampling,
                 "direction": plan.settings.direction, "offload": offload, "runtime": plan.runtime,
@@ -393,5 +452,8 @@ class PortManager:
                 # the filters' rate as the kernel reports it (the highest, should directions differ)
                 "current_rate": max(rates) if rates else None,
                 "rate_from": sampling.describe(rate_choice(plan)),
+                # back-off: the rate hwsflow has the filters at (the highest, should directions differ), and why
+                "rate_in_force": in_force,
+                "rate_reason": "; ".join(reasons) or None,
             })
         return rows

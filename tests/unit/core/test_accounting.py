@@ -30,6 +30,20 @@ def test_group_seq_gap_counts_drops_and_pool():
     assert s.source.flow_seq == 2
 
 
+def test_a_gap_between_samples_of_two_rates_counts_at_the_lower_one():
+    """Back-off changed the rate in place: the samples lost around the change were taken at either rate, and
+    counting them at the higher one would run the pool ahead; the lower leaves it behind, where a re-sync
+    from tc lifts it."""
+    s = source(rate=1)
+    s.account(0, 1)
+    s.account(1001, 64)  # 1000 lost at 1-in-1 before the change showed, revealed by a 1-in-64 sample
+    assert s.drops == 1000 and s.source.pool == 1 + 1000 + 64
+    s.account(1003, 64)  # a later gap all at the new rate counts at it
+    assert s.source.pool == 1 + 1000 + 64 + 64 + 64
+    s.account(1005, 2)  # and back down: the lower again
+    assert s.source.pool == 1 + 1000 + 64 + 64 + 64 + 2 + 2
+
+
 def test_group_seq_wraps():
     s = source()
     s.account(0xFFFFFFFE, 10)

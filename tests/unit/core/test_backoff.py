@@ -22,9 +22,9 @@ class Host:
         self.policy = policy
         self.configured = dict(configured)
         self.limits = limits or {}
-        self.packets = {key: 0 for key in configured}
-        self.pps = {key: 0.0 for key in configured}
-        self.drops = {key: 0 for key in configured}
+        self.packets = dict.fromkeys(configured, 0)
+        self.pps = dict.fromkeys(configured, 0.0)
+        self.drops = dict.fromkeys(configured, 0)
         self.overruns = 0
         self.now = 1000.0
         self.changes: list = []

@@ -102,7 +102,8 @@ def test_example_shows_every_key_at_its_default():
     example = load_config(str(EXAMPLE))
     minimal = parse_config(MINIMAL)
     for field in ("sub_agent_id", "polling", "defaults", "group_base", "datagram_size", "expanded", "rcvbuf",
-                  "keep_filters", "control_socket", "metrics", "ovsdb"):
+                  "keep_filters", "control_socket", "metrics", "ovsdb",
+                  "max_samples_per_s", "backoff_hold"):
         assert getattr(example, field) == getattr(minimal, field), field
 
 
@@ -111,7 +112,7 @@ def test_example_sets_every_known_key():
     assert set(document) == {
         "agent", "sub_agent_id", "targets", "sampling", "header", "direction", "offload", "priority", "chain",
         "polling", "group_base", "datagram_size", "expanded", "rcvbuf", "keep_filters", "control_socket", "metrics",
-        "ovsdb", "ports",
+        "ovsdb", "max_samples_per_s", "backoff_hold", "ports",
     }
 
 
@@ -1271,3 +1272,23 @@ def test_the_same_bridge_twice_unless_tunnels_differ():
     assert err.key == "ports[2].bridge" and "already given in ports[1]" in err.reason
     config = parse_config(MINIMAL + "  - bridge: br0\n  - bridge: br0\n    tunnels: true\n    sampling: 4000\n")
     assert [rule.tunnels for rule in config.ports[1:]] == [False, True]
+
+
+def test_back_off_keys_name_the_file_and_key():
+    bad = ("targets: [192.0.2.10]\nmax_samples_per_s: -5\nbackoff_hold: 0\n"
+           "ports:\n  - name: a\n    max_samples_per_s: 0\n  - name: b\n    group: 7\n    max_samples_per_s: 10\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(bad, "/etc/hwsflow/hwsflow.yaml")
+    lines = err.value.lines()
+    assert any(line.startswith("/etc/hwsflow/hwsflow.yaml: max_samples_per_s: must be from 0 to") for line in lines)
+    assert any(line.startswith("/etc/hwsflow/hwsflow.yaml: backoff_hold: must be from 1 to 3600") for line in lines)
+    assert any("ports[0].max_samples_per_s: must be from 1 to" in line for line in lines)
+    assert any("ports[1].max_samples_per_s: has no effect for a receive-only group" in line for line in lines)
+
+
+def test_back_off_defaults_and_the_way_to_turn_it_off():
+    config = parse_config("targets: [192.0.2.10]\nports:\n  - name: a\n")
+    assert (config.max_samples_per_s, config.backoff_hold) == (50_000, 20)
+    assert config.ports[0].settings.max_samples_per_s is None
+    off = parse_config("targets: [192.0.2.10]\nmax_samples_per_s: 0\nports:\n  - name: a\n    max_samples_per_s: 300\n")
+    assert off.max_samples_per_s == 0 and off.ports[0].settings.max_samples_per_s == 300

@@ -31,9 +31,9 @@ def _status(**port) -> dict:
 def test_render_shows_every_figure_and_explains_not_in_hw_and_runtime_changes():
     text = render(_status(offload="not_in_hw", runtime=True))
     header, row = [line.split() for line in text.splitlines()[3:5]]
-    assert header == ["PORT", "IFINDEX", "GROUP", "RATE", "DIRECTION", "OFFLOAD", "SAMPLES/S", "DROPS", "POOL",
-                      "LAST", "FROM"]
-    assert row == ["eno1", "2", "1000", "1-in-10", "ingress", "not_in_hw", "12.5", "3", "990", "<1s", "runtime"]
+    assert header == ["PORT", "IFINDEX", "GROUP", "RATE", "IN-FORCE", "DIRECTION", "OFFLOAD", "SAMPLES/S", "DROPS",
+                      "POOL", "LAST", "FROM"]
+    assert row == ["eno1", "2", "1000", "1-in-10", "1-in-10", "ingress", "not_in_hw", "12.5", "3", "990", "<1s", "runtime"]
     assert "4 ENOBUFS, 17 messages dropped by the kernel" in text
     assert "sample path: python (HWSFLOW_PURE_PYTHON is set)" in text.splitlines()[0]
     assert NOT_IN_HW_NOTE in text and "disabled at runtime (until reload or restart): eth9" in text

@@ -1,0 +1,121 @@
+"""PortManager and back-off with a fake kernel: readings from the tc counter, the rate changed in place on the
+same action, a heal that reinstalls at the rate in force, status that shows the rate in force and why."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from hwsflow.core.backoff import BackoffPolicy
+from hwsflow.core.config import parse_config
+from hwsflow.core.groups import GroupTable
+from hwsflow.core.model import LinkInfo
+from hwsflow.core.status import render
+from hwsflow.daemon.logs import RateLimiter
+from hwsflow.daemon.ports import PortManager
+from hwsflow.linux import tc
+
+CONFIG = "targets: [192.0.2.10]\nsampling: 2\nmax_samples_per_s: 1000\nports:\n  - name: eth0\n  - name: eth1\n"
+
+
+class Kernel:
+    """Filters by (ifindex, direction) with an action index and a packet counter; changes keep both."""
+
+    def __init__(self) -> None:
+        self.filters: dict[tuple[int, str], tc.FilterState] = {}
+        self.next_index = 1
+        self.calls: list[str] = []
+
+    def state(self, spec: tc.FilterSpec, index: int, packets: int) -> tc.FilterState:
+        return tc.FilterState(ifindex=spec.ifindex, direction=spec.direction, priority=spec.priority,
+                              chain=spec.chain, handle=1, protocol=tc.ETH_P_ALL, rate=spec.rate, group=spec.group,
+                              trunc=spec.trunc, verdict=-1, cookie=spec.cookie, in_hw=False, packets=packets,
+                              index=index)
+
+    async def call(self, fn, *args):
+        self.calls.append(fn.__name__)
+        if fn is tc.install:
+            spec = args[0]
+            self.filters[spec.ifindex, spec.direction] = self.state(spec, self.next_index, 0)
+            self.next_index += 1
+            return self.filters[spec.ifindex, spec.direction], False
+        if fn is tc.read_filter:
+            return self.filters.get((args[0].ifindex, args[0].direction))
+        if fn is tc.change_rate:
+            spec, index = args
+            old = self.filters.get((spec.ifindex, spec.direction))
+            if old is None or old.index != index:
+                raise tc.FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone")
+            self.filters[spec.ifindex, spec.direction] = dataclasses.replace(old, rate=spec.rate)
+            return self.filters[spec.ifindex, spec.direction]
+        return {tc.own_groups: [], tc.ensure_qdisc: False, tc.holds_only_own: False}[fn]
+
+    def count(self, ifindex: int, packets: int) -> None:
+        key = (ifindex, "ingress")
+        self.filters[key] = dataclasses.replace(self.filters[key], packets=self.filters[key].packets + packets)
+
+
+def setup() -> tuple[Kernel, PortManager, BackoffPolicy]:
+    config = parse_config(CONFIG)
+    kernel = Kernel()
+    policy = BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
+    ports = PortManager(config, kernel, GroupTable(config.group_base), RateLimiter(), policy)  # type: ignore[arg-type]  # a fake rtnetlink worker
+    return kernel, ports, policy
+
+
+def test_a_flooded_port_is_changed_in_place_and_status_says_why():
+    kernel, ports, policy = setup()
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0"), 4: LinkInfo("eth1")})
+        policy.tick(0.0, await ports.backoff_readings())
+        kernel.count(3, 200_000)  # 100,000 samples/s at 1-in-2
+        kernel.count(4, 200)
+        (change,) = policy.tick(1.0, await ports.backoff_readings())
+        assert change.key == (3, "ingress") and change.old == 2
+        index = kernel.filters[3, "ingress"].index
+        assert await ports.change_rate(change.key, change.new) is None
+        after = kernel.filters[3, "ingress"]
+        assert after.index == index and after.packets == 200_000 and after.rate == change.new  # same action
+        assert kernel.calls.count("install") == 2  # no reinstall
+        rows = {row["port"]: row for row in ports.status_rows()}
+        assert rows["eth0"]["rate"] == 2 and rows["eth0"]["rate_in_force"] == change.new
+        assert rows["eth0"]["current_rate"] == change.new and "over the budget of 1000" in rows["eth0"]["rate_reason"]
+        assert rows["eth1"]["rate_in_force"] == 2 and rows["eth1"]["rate_reason"] is None
+        # the filter deleted by another program: a heal reinstalls it at the rate in force, not the configured one
+        del kernel.filters[3, "ingress"]
+        outcome = await ports.heal(3)
+        assert outcome.healed == ("ingress",) and kernel.filters[3, "ingress"].rate == change.new
+        # the new filter counts from 0: the reading carries the total across reinstalls, no false drop in load
+        kernel.count(3, 1000)
+        readings = {r.key: r for r in await ports.backoff_readings()}
+        assert readings[3, "ingress"].packets == 201_000
+
+    asyncio.run(run())
+
+
+def test_a_change_that_finds_the_filter_gone_says_so_and_the_spec_keeps_the_new_rate():
+    kernel, ports, _policy = setup()
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        del kernel.filters[3, "ingress"]
+        failure = await ports.change_rate((3, "ingress"), 50)
+        assert failure is not None and "gone" in failure
+        assert [spec.rate for spec in ports.ports[3].specs] == [50]
+        assert "ingress" not in ports.ports[3].states  # status does not show it sampled meanwhile
+
+    asyncio.run(run())
+
+
+def test_status_render_marks_a_backed_off_rate_and_gives_the_reason():
+    row = {"port": "eth0", "ifindex": 3, "groups": [1000], "rate": 2, "rate_in_force": 134, "direction": "ingress",
+           "offload": "not_in_hw", "samples_per_s": 740.0, "drops": 0, "pool": 5, "last_sample_age_s": 0.2,
+           "runtime": False, "rate_reason": "100000 samples/s from all ports, over the budget of 1000"}
+    status = {"agent": {"version": "x", "pid": 1, "uptime_s": 5, "address": "a", "config": "c", "psample": "joined",
+                        "enobufs": 0, "kernel_drops": 0, "foreign": 0, "malformed": 0},
+              "ports": [row, dict(row, port="eth1", rate_in_force=2, rate_reason=None)], "collectors": []}
+    text = render(status)
+    assert "1-in-134*" in text
+    assert "eth0: *backed off to 1-in-134 from 1-in-2: 100000 samples/s from all ports" in text
+    assert "eth1: *backed off" not in text

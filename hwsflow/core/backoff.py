@@ -19,8 +19,9 @@ mislead it.  Once a tick:
 - the kernel losing samples (socket overruns, GROUP_SEQ gaps) while the load
   fits the budget: the agent cannot take what the budget says on this host
   now (other processes have its CPU), so the budget is lowered to LOSS_CUT of
-  the load for LOSS_MEMORY, and the same rule applies.  Loss within
-  LOSS_SETTLE of a change is the old rate's queue draining and is not counted;
+  the load for LOSS_MEMORY, and the same rule applies.  Loss after a change,
+  until the agent reads samples of the new rate on every filter changed (at
+  most LOSS_SETTLE), is the old rate's queue overflowing and is not counted;
 - under RECOVER_BELOW of the budget for `hold` seconds on end: N steps back
   toward the configured rate, as far as keeps the load at BACKOFF_TARGET.
 
@@ -47,7 +48,7 @@ BACKOFF_TARGET = 0.75  # of the budget: where a back-off puts the load
 RECOVER_BELOW = 0.5  # of the budget: a load under this, held for `hold` seconds, lets rates step back
 DEFAULT_HOLD = 20  # s; see README "Back-off"
 DEFAULT_BUDGET = 50_000  # samples/s; see README "Back-off" (what `hwsflow bench` measured)
-LOSS_SETTLE = 5.0  # s after a change: samples of the old rate still queued may still overrun the socket
+LOSS_SETTLE = 30.0  # s after a change at most that loss may still be the old rate's (no sample of the new one read)
 LOSS_CUT = 0.5  # a loss at a load within the budget lowers the budget to this share of that load
 LOSS_MEMORY = 600.0  # s a budget lowered by loss stays lowered
 LOSS_MIN_LOAD = 100.0  # samples/s: below this, losses are not hwsflow's own samples' doing (foreign groups)
@@ -96,6 +97,8 @@ class Reading:
     packets: int | None  # the tc sample action's packet counter; None when it could not be read
     drops: int = 0  # samples lost by this filter's group so far (GROUP_SEQ gaps)
     limit: int | None = None  # the port's own max_samples_per_s
+    last_rate: int = 0  # the rate of the last sample the agent read of this group (0: none yet)
+    at: float | None = None  # when the counter was read, if not at the tick's time
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class _Filter:
     drops: int = 0
     calm_since: float | None = None
     reason: str | None = None  # why the rate in force is not the configured one
+    changed_at: float | None = None  # the last change, until a sample of its rate is read (or LOSS_SETTLE passed)
 
 
 def water_level(demands: Iterable[float], target: float) -> float:
@@ -157,7 +161,7 @@ class BackoffPolicy:
         self.hold = hold
         self._filters: dict[Key, _Filter] = {}
         self._overruns: int | None = None
-        self._last_change: float | None = None
+        self._settled = True  # at the last tick, every change's rate showed in the samples read
         self._lowered: tuple[float, float] | None = None  # (budget, until) after a loss
 
     def configure(self, budget: int, hold: float) -> None:
@@ -210,7 +214,8 @@ class BackoffPolicy:
                                 for key, r in current.items()) if c is not None]
         known = {key: f for key, f in self._filters.items() if f.pps is not None}
         load = sum(self._load(f) for f in known.values())
-        settled = self._last_change is None or now - self._last_change >= LOSS_SETTLE
+        # losses measured since the last tick count only if the samples read then were already of the rates in force
+        settled, self._settled = self._settled, self._all_settled(now, current)
         if (lost_samples or overrun) and settled and load >= LOSS_MIN_LOAD and load <= self.effective_budget(now):
             lowered = max(load * LOSS_CUT, LOSS_MIN_LOAD)
             self._lowered = (lowered, now + LOSS_MEMORY)
@@ -227,8 +232,20 @@ class BackoffPolicy:
             for f in known.values():
                 self._fire(f, BackoffEvent.STEADY, now)
         if changes:
-            self._last_change = now
+            self._settled = False
         return changes
+
+    def _all_settled(self, now: float, current: Mapping[Key, Reading]) -> bool:
+        """Whether the agent reads samples of the rate in force on every filter changed lately: samples of the
+        old rate queued on the socket before the change are read by then, and losses are the new rates'."""
+        for key, f in self._filters.items():
+            if f.changed_at is None:
+                continue
+            if current[key].last_rate == f.rate or now - f.changed_at >= LOSS_SETTLE:
+                f.changed_at = None
+            else:
+                return False
+        return True
 
     def _measure(self, now: float, current: Mapping[Key, Reading]) -> int:
         """Packets per second of each filter since the last tick; the samples its group lost since then."""
@@ -247,11 +264,12 @@ class BackoffPolicy:
             if reading.packets is None:
                 f.pps = None
                 continue
-            if f.packets is not None and reading.packets >= f.packets and now > f.read_at:
-                f.pps = (reading.packets - f.packets) / (now - f.read_at)
+            at = reading.at if reading.at is not None else now
+            if f.packets is not None and reading.packets >= f.packets and at > f.read_at:
+                f.pps = (reading.packets - f.packets) / (at - f.read_at)
             else:
                 f.pps = None  # first reading, or the filter was reinstalled and counts from 0
-            f.packets, f.read_at = reading.packets, now
+            f.packets, f.read_at = reading.packets, at
         return lost
 
     @staticmethod
@@ -266,9 +284,9 @@ class BackoffPolicy:
         elif f.state is not BackoffState.RECOVERING:
             f.calm_since = None
 
-    def _change(self, key: Key, f: _Filter, ifname: str, new: int, reason: str) -> RateChange:
+    def _change(self, key: Key, f: _Filter, ifname: str, new: int, reason: str, now: float) -> RateChange:
         change = RateChange(key, ifname, f.rate, new, reason)
-        f.rate = new
+        f.rate, f.changed_at = new, now
         f.reason = reason if new != f.configured else None
         return change
 
@@ -277,7 +295,7 @@ class BackoffPolicy:
         if f.state is BackoffState.CONFIGURED and f.rate == f.configured:
             return None
         self._fire(f, BackoffEvent.RESTORED, now)
-        return self._change(key, f, ifname, f.configured, reason)
+        return self._change(key, f, ifname, f.configured, reason, now)
 
     def _back_off(self, now: float, current: Mapping[Key, Reading], known: Mapping[Key, _Filter], load: float,
                   budget: float, loss_text: str) -> list[RateChange]:
@@ -299,7 +317,7 @@ class BackoffPolicy:
             else:
                 why = f"{load:.0f} samples/s from all ports, over the budget of {budget:.0f} (max_samples_per_s)"
             self._fire(f, BackoffEvent.OVER, now)
-            changes.append(self._change(key, f, current[key].ifname, new, why + loss_text))
+            changes.append(self._change(key, f, current[key].ifname, new, why + loss_text, now))
         return changes
 
     def _recover(self, now: float, current: Mapping[Key, Reading], known: Mapping[Key, _Filter], load: float,
@@ -323,7 +341,7 @@ class BackoffPolicy:
             why = (f"the load stayed under half the budget ({load:.0f} < {RECOVER_BELOW * budget:.0f} samples/s) "
                    f"for {self.hold:.0f} s")
             self._fire(f, BackoffEvent.RESTORED if new == f.configured else BackoffEvent.STEPPED, now)
-            changes.append(self._change(key, f, current[key].ifname, new, why))
+            changes.append(self._change(key, f, current[key].ifname, new, why, now))
         return changes
 
     def _loss_text(self, lost: int, overrun: int, budget: float) -> str:

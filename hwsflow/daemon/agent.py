@@ -71,7 +71,8 @@ class Agent:
         self.limiter = RateLimiter()  # warnings that repeat: collectors failing, filters deleted again and again
         # the rate each filter runs at under load (max_samples_per_s): decided once a tick by _back_off
         self.backoff = BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
-        self.ports = PortManager(config, self.rtnl, self.groups, self.limiter, self.backoff)
+        self.backoff_tc = tc.BackoffTc()  # its socket opens at the first tick that reads counters
+        self.ports = PortManager(config, self.rtnl, self.groups, self.limiter, self.backoff, self.backoff_tc)
         self.collectors = CollectorSet()
         self.address = ""
         self.psample: PsampleSocket | None = None
@@ -301,7 +302,7 @@ class Agent:
             except TimeoutError:
                 pass
             if self.backoff.enabled or self.backoff.active():  # off and nothing to restore: no tc reads at all
-                await self._back_off()
+                self._back_off()
 
     def _overruns(self) -> int:
         """Messages the psample socket could not take so far (the kernel's drop count, ENOBUFS seen)."""
@@ -312,18 +313,19 @@ class Agent:
             self._psample_drops = drops
         return self._psample_drops + self.psample.enobufs
 
-    async def _back_off(self) -> None:
-        async with self._lock:
-            readings = await self.ports.backoff_readings()
-            now = time.monotonic()
-            for change in self.backoff.tick(now, readings, self._overruns()):
-                _say(change.log_line())
-                failure = await self.ports.change_rate(change.key, change.new)
-                if failure is not None:
-                    # the filter went meanwhile: healed like any deleted filter, at the rate in force
-                    log.info("%s; reinstalling it", failure)
-                    self.heals.filter_lost(change.key[0], now)
-                    self._wake.set()
+    def _back_off(self) -> None:
+        """One tick of back-off, synchronous: the readings and the changes happen between two turns of the event
+        loop, so no other port change (each a coroutine) is half done in between, and none holds them up."""
+        readings = self.ports.backoff_readings()
+        now = time.monotonic()
+        for change in self.backoff.tick(now, readings, self._overruns()):
+            _say(change.log_line())
+            failure = self.ports.change_rate(change.key, change.new)
+            if failure is not None:
+                # the filter went meanwhile: healed like any deleted filter, at the rate in force
+                log.info("%s; reinstalling it", failure)
+                self.heals.filter_lost(change.key[0], now)
+                self._wake.set()
 
     # ---------------------------------------------------------------- counters and pools
 
@@ -716,4 +718,5 @@ class Agent:
         await self.control.close()
         self.collectors.close()
         self.rtnl.close()
+        self.backoff_tc.close()
         self._rxbuf.close()

@@ -85,8 +85,11 @@ def offload_text(state: tc.FilterState | None) -> str:
 
 class PortManager:
     def __init__(self, config: Config, rtnl: RtnlWorker, groups: GroupTable, limiter: RateLimiter,
-                 backoff: BackoffPolicy | None = None) -> None:
+                 backoff: BackoffPolicy | None = None, backoff_tc: tc.BackoffTc | None = None) -> None:
         self.config = config
+        # back-off's counter reads and rate changes, on a socket of their own used from the event loop: a tick must
+        # not queue behind the pool re-syncs, counter polls and heals the worker serves (seconds under a flood)
+        self.backoff_tc = backoff_tc or tc.BackoffTc()
         # the rate each filter runs at: its plan's, unless back-off raised it (filters are installed at that one)
         self.backoff = backoff or BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
         self.limiter = limiter
@@ -347,34 +350,37 @@ class PortManager:
 
     # ------------------------------------------------------------ back-off
 
-    async def backoff_readings(self) -> list[Reading]:
-        """Each installed filter's figures for the back-off decision: its tc packet counter (read now), the
-        samples its group lost, its configured rate and its port's own budget."""
+    def backoff_readings(self) -> list[Reading]:
+        """Each installed filter's figures for the back-off decision: its tc packet counter (one dump of every
+        sample action, now), the samples its group lost, its configured rate and its port's own budget.
+        Blocking, and short: the event loop waits for one netlink dump."""
+        try:
+            counters, at = self.backoff_tc.counters()
+        except (NetlinkError, OSError) as err:
+            log.debug("cannot read the sample actions' counters: %s", err)
+            counters, at = {}, None
         readings = []
-        for ifindex, port in self.ports.items():
+        for port in self.ports.values():
             if port.plan.receive_group is not None:
                 continue  # no filter of hwsflow's: no rate to change
+            settings = port.plan.settings
             for spec in port.specs:
                 binding = self.groups.get(spec.group)
                 if binding is None:
                     continue
+                state = port.states.get(spec.direction)
+                counter = counters.get(state.index) if state is not None else None
                 packets: int | None = None
-                if spec.direction in port.states:
-                    try:
-                        state = await self.rtnl.call(tc.read_filter, spec)
-                    except (NetlinkError, OSError) as err:
-                        log.debug("port %s: cannot read the %s filter: %s", port.ifname, spec.direction, err)
-                        state = None
-                    if state is not None and state.rate == spec.rate:  # else heal reinstalls it, or a change is under way
-                        port.states[spec.direction] = state
-                        binding.sync_tc(state.packets)
-                        packets = binding.tc_total  # across reinstalls: a fresh filter's counter starts at 0
-                settings = port.plan.settings
-                readings.append(Reading((ifindex, spec.direction), port.ifname, settings.sampling, packets,
-                                        binding.drops, settings.max_samples_per_s))
+                if state is not None and counter is not None and (counter.group, counter.rate) == (spec.group, spec.rate):
+                    # else the filter is not as hwsflow has it (heal reinstalls it) or the index is another's now
+                    port.states[spec.direction] = replace(state, packets=counter.packets)
+                    binding.sync_tc(counter.packets)
+                    packets = binding.tc_total  # across reinstalls: a fresh filter's counter starts at 0
+                readings.append(Reading((spec.ifindex, spec.direction), port.ifname, settings.sampling, packets,
+                                        binding.drops, settings.max_samples_per_s, binding.last_rate, at))
         return readings
 
-    async def change_rate(self, key: Key, rate: int) -> str | None:
+    def change_rate(self, key: Key, rate: int) -> str | None:
         """Set the filter's rate in place (the same tc action, its counter and the pool go on); None when done,
         else why not.  The spec takes the new rate either way: a heal reinstalls the filter at the rate in force."""
         ifindex, direction = key
@@ -387,7 +393,7 @@ class PortManager:
         if state is None:
             return f"port {port.ifname}: the {direction} filter is not installed; it is installed at 1-in-{rate}"
         try:
-            port.states[direction] = await self.rtnl.call(tc.change_rate, spec, state.index)
+            port.states[direction] = self.backoff_tc.change_rate(spec, state.index)
         except (tc.TcError, NetlinkError, OSError) as err:
             port.states.pop(direction, None)
             return str(err)

@@ -12,18 +12,23 @@ Rules this module keeps (REFERENCE sections 2 and 4):
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELACTION, RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWACTION, RTM_NEWTFILTER
+from pyroute2.netlink.rtnl import (
+    RTM_DELACTION, RTM_DELTFILTER, RTM_GETACTION, RTM_GETTFILTER, RTM_NEWACTION, RTM_NEWTFILTER,
+)
 
 from hwsflow.core.model import DIRECTIONS, Direction, Offload
 from hwsflow.wire import tc_nla
+from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, NLMSGERR, iter_messages
 from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcaMsg, TcMsg
 
 
@@ -332,6 +337,143 @@ def read_filter(ipr: IPRoute, spec: FilterSpec) -> FilterState | None:
     return None
 
 
+@dataclass(frozen=True)
+class ActionCounter:
+    """One sample action as `tc actions list action sample` shows it: what back-off reads each tick."""
+
+    index: int
+    rate: int
+    group: int
+    packets: int
+
+
+def parse_actions(msg: TcaMsg) -> list[ActionCounter]:
+    """The sample actions of one RTM_NEWACTION dump message."""
+    table = msg.get_attr("TCA_ROOT_TAB")
+    found = []
+    for _name, action in table["attrs"] if table is not None else []:
+        options = action.get_attr("TCA_ACT_OPTIONS") if action.get_attr("TCA_ACT_KIND") == "sample" else None
+        if options is None or options.get_attr("TCA_SAMPLE_PARMS") is None:
+            continue
+        found.append(ActionCounter(options.get_attr("TCA_SAMPLE_PARMS")["index"],
+                                   options.get_attr("TCA_SAMPLE_RATE") or 0,
+                                   options.get_attr("TCA_SAMPLE_PSAMPLE_GROUP") or 0, _action_packets(action)))
+    return found
+
+
+def action_dump_msg() -> TcaMsg:
+    """RTM_GETACTION's body for a dump of every sample action (`tc actions list action sample`)."""
+    msg = TcaMsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [["TCA_ACT_KIND", "sample"]]}]]}]]
+    return msg
+
+
+class BackoffTc:
+    """Back-off's own rtnetlink socket, used from the event loop itself: one dump of every sample action's counter
+    a tick, and the in-place rate changes.  Calls handed to the rtnetlink worker thread waited seconds under a
+    flood that kept the agent busy (measured in the VM); these are short, blocking, and wait for nothing else.
+    pyroute2 only encodes and decodes the messages here: its sockets cannot run inside a running event loop."""
+
+    TIMEOUT = 2.0  # s the kernel has to answer one request; it answers in microseconds
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def _request(self, msg: TcaMsg | TcMsg, msg_type: int, flags: int) -> list[bytes]:
+        """Send one request; every reply message but DONE and the ACK, as bytes.  NetlinkError for an error reply."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+            self._sock.settimeout(self.TIMEOUT)
+            self._sock.bind((0, 0))
+        self._seq += 1
+        msg["header"]["type"], msg["header"]["flags"], msg["header"]["sequence_number"] = msg_type, flags, self._seq
+        msg.encode()
+        self._sock.send(msg.data)
+        replies: list[bytes] = []
+        while True:
+            data = self._sock.recv(1 << 20)
+            for reply_type, start, stop in iter_messages(data, len(data)):
+                if NLMSG_HDR.unpack_from(data, start)[3] != self._seq:
+                    continue  # an answer to an earlier request that timed out
+                if reply_type == NLMSG_DONE:
+                    return replies
+                if reply_type == NLMSG_ERROR:
+                    code = -NLMSGERR.unpack_from(data, start + NLMSG_HDR.size)[0]
+                    if code:
+                        raise NetlinkError(code, os.strerror(code))
+                    return replies  # the ACK
+                replies.append(bytes(data[start:stop]))
+            if not flags & NLM_F_DUMP and replies:
+                return replies
+
+    def counters(self) -> tuple[dict[int, ActionCounter], float]:
+        """Every sample action's counter by index, and the time.monotonic() they were read at."""
+        try:
+            replies = self._request(action_dump_msg(), RTM_GETACTION, NLM_F_REQUEST | NLM_F_DUMP)
+        except NetlinkError as err:
+            if err.code in (errno.EINVAL, errno.ENOENT):  # act_sample not loaded: no action at all
+                return {}, time.monotonic()
+            raise
+        found: dict[int, ActionCounter] = {}
+        for raw in replies:
+            msg = TcaMsg(raw)
+            msg.decode()
+            found.update((action.index, action) for action in parse_actions(msg))
+        return found, time.monotonic()
+
+    def _read_filter(self, spec: FilterSpec) -> FilterState | None:
+        replies = self._request(_filter_key_msg(spec.ifindex, spec.direction), RTM_GETTFILTER,
+                                NLM_F_REQUEST | NLM_F_DUMP)
+        for raw in replies:
+            msg = TcMsg(raw)
+            msg.decode()
+            state = parse_filter(msg, spec.direction)
+            if state is not None and state.ours and state.priority == spec.priority and state.chain == spec.chain:
+                return state
+        return None
+
+    def change_rate(self, spec: FilterSpec, index: int) -> FilterState:
+        """Set the rate of hwsflow's installed sample action `index` to spec.rate in place (RTM_NEWACTION with
+        NLM_F_REPLACE): the same action, bound to the same filter, so its packet counter, the port's pool and
+        sampling go on without a gap.  act_sample's init keeps the action's statistics on a replace and takes
+        the new rate under the action's lock (kernels 4.11 on, so 5.14 to 6.12 alike).
+
+        Raises FilterVanished when the filter is no longer there afterwards (another program deleted it
+        meanwhile); a standalone action the replace may then have created is deleted again.
+        """
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE  # no NLM_F_CREATE: a change, as far as tc lets one ask
+        try:
+            self._request(build_action_msg(spec, index), RTM_NEWACTION, flags)
+        except NetlinkError as err:
+            raise _port_error(spec.ifname, f"cannot change the {spec.direction} sample rate to {spec.rate}",
+                              err) from err
+        state = self._read_filter(spec)
+        if state is None or state.index != index:
+            self._delete_unbound_action(index)
+            raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone when its rate "
+                                 "was changed (another program deleted it)")
+        return state
+
+    def _delete_unbound_action(self, index: int) -> None:
+        """Delete sample action `index` if no filter holds it (the kernel refuses to delete a bound one)."""
+        msg = TcaMsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
+            ["TCA_ACT_KIND", "sample"], ["TCA_ACT_INDEX", index]]}]]}]]
+        try:
+            self._request(msg, RTM_DELACTION, NLM_F_REQUEST | NLM_F_ACK)
+        except NetlinkError as err:
+            if err.code not in (errno.ENOENT, errno.EINVAL, errno.EPERM):  # gone, or bound: not orphaned either way
+                raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 def _delete(ipr: IPRoute, state: FilterState) -> None:
     msg = _filter_key_msg(state.ifindex, state.direction, state.priority, state.chain)
     msg["handle"] = state.handle
@@ -387,41 +529,6 @@ def install(ipr: IPRoute, spec: FilterSpec) -> tuple[FilterState, bool]:
         raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter vanished right after it was "
                              "added (another program replaced the qdisc under it)")
     return added, False
-
-
-def change_rate(ipr: IPRoute, spec: FilterSpec, index: int) -> FilterState:
-    """Set the rate of hwsflow's installed sample action `index` to spec.rate in place (RTM_NEWACTION with
-    NLM_F_REPLACE): the same action, bound to the same filter, so its packet counter, the port's pool and
-    sampling go on without a gap.  act_sample's init keeps the action's statistics on a replace and takes
-    the new rate under the action's lock (kernels 4.11 on, so 5.14 to 6.12 alike).
-
-    Raises FilterVanished when the filter is no longer there afterwards (another program deleted it
-    meanwhile); a standalone action the replace may then have created is deleted again.
-    """
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE  # no NLM_F_CREATE: a change, as far as tc lets one ask
-    try:
-        ipr.nlm_request(build_action_msg(spec, index), RTM_NEWACTION, flags)
-    except NetlinkError as err:
-        raise _port_error(spec.ifname, f"cannot change the {spec.direction} sample rate to {spec.rate}", err) from err
-    state = read_filter(ipr, spec)
-    if state is None or state.index != index:
-        _delete_unbound_action(ipr, index)
-        raise FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone when its rate "
-                             "was changed (another program deleted it)")
-    return state
-
-
-def _delete_unbound_action(ipr: IPRoute, index: int) -> None:
-    """Delete sample action `index` if no filter holds it (the kernel refuses to delete a bound one)."""
-    msg = TcaMsg()
-    msg["family"] = socket.AF_UNSPEC
-    msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
-        ["TCA_ACT_KIND", "sample"], ["TCA_ACT_INDEX", index]]}]]}]]
-    try:
-        ipr.nlm_request(msg, RTM_DELACTION, NLM_F_REQUEST | NLM_F_ACK)
-    except NetlinkError as err:
-        if err.code not in (errno.ENOENT, errno.EINVAL, errno.EPERM):  # gone, or bound: either way not orphaned
-            raise
 
 
 def holder_of(ipr: IPRoute, spec: FilterSpec) -> tuple[str | None, list[str]]:

@@ -128,7 +128,7 @@ def scenario_config_error(rwdir: Path, out: dict) -> None:
 SCENARIOS = [scenario_pipeline, scenario_refusals, scenario_config_error]
 MODULES = ("tests.vm.scenarios_accounting", "tests.vm.scenarios_operations", "tests.vm.scenarios_faults",
            "tests.vm.scenarios_metrics", "tests.vm.scenarios_tunnels", "tests.vm.scenarios_ovs_bridge",
-           "tests.vm.scenarios_ovs")
+           "tests.vm.scenarios_ovs", "tests.vm.scenarios_backoff")
 
 
 def all_scenarios(only: list[str]) -> list:

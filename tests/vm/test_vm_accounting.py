@@ -30,13 +30,14 @@ class Sample:
     index: int | None
 
 
-def flow_samples(hexes: list[str]) -> list[Sample]:
+def flow_samples(hexes: list[str], identify=sa.identify) -> list[Sample]:
+    """The flow samples of the datagrams; identify reads the test frame's (tag, index) from a sampled header."""
     out = []
     for data in hexes:
         for s in sflow_ref.parse_datagram(bytes.fromhex(data))["samples"]:
             if s["kind"] != "flow":
                 continue
-            tag, index = sa.identify(s["records"][0]["header"]) or (None, None)
+            tag, index = identify(s["records"][0]["header"]) or (None, None)
             out.append(Sample(s["source_id_index"], s["sequence_number"], s["sampling_rate"], s["sample_pool"],
                               s["drops"], tag, index))
     return out

@@ -26,12 +26,13 @@ class Host:
         self.pps = dict.fromkeys(configured, 0.0)
         self.drops = dict.fromkeys(configured, 0)
         self.overruns = 0
+        self.backlog: dict = {}  # key -> the rate of the samples the agent still reads (queued before a change)
         self.now = 1000.0
         self.changes: list = []
 
     def readings(self) -> list[Reading]:
         return [Reading(key, f"p{key[0]}", self.configured[key], self.packets[key], self.drops[key],
-                        self.limits.get(key)) for key in self.configured]
+                        self.limits.get(key), self.backlog.get(key, self.rate(key))) for key in self.configured]
 
     def tick(self, seconds: int = 1) -> list:
         out = []
@@ -198,13 +199,41 @@ def test_kernel_loss_within_the_budget_lowers_it_for_a_while():
     (change,) = host.tick(1)
     assert change.new == math.ceil(2000 / (BACKOFF_TARGET * 2000 * 0.5))
     assert "the kernel lost samples" in change.reason and "300 sequence gaps" in change.reason
-    host.drops[B] += 50  # samples of the old rate still queued: no second cut inside the settle time
-    assert host.tick(int(LOSS_SETTLE) - 1) == []
-    # the lowered budget holds the rate until it expires, then the load is far under half the budget
+    # the rate lowered the load under the lowered budget; the lowered budget holds the rate until it expires,
+    # then the load is far under half the budget
     host.tick(int(LOSS_MEMORY) - 10)
     assert host.rate(B) == change.new
     host.tick(30)
     assert host.rate(B) == 1
+
+
+def test_losses_while_samples_of_the_old_rate_are_still_read_are_not_counted():
+    host = Host(BackoffPolicy(budget=1000, hold=10), {B: 1})
+    host.pps[B] = 30_000.0
+    host.tick(2)
+    backed = host.rate(B)
+    host.backlog[B] = 1  # the socket still holds samples taken at 1-in-1: it overflows on them for a while
+    for _ in range(5):
+        host.overruns += 5000
+        host.drops[B] += 5000
+        assert host.tick(1) == []
+    del host.backlog[B]  # samples of the new rate now: the tick that sees them still measured the old ones' loss
+    host.overruns += 700
+    assert host.tick(1) == []
+    assert host.tick(20) == [] and host.rate(B) == backed  # no loss since: nothing more
+    host.overruns += 700  # a loss with samples of the new rate read on both sides: the host cannot take it
+    (change,) = host.tick(1)
+    assert change.new > backed and "socket overruns" in change.reason
+
+
+def test_a_change_whose_samples_never_show_settles_after_a_while():
+    host = Host(BackoffPolicy(budget=1000, hold=100), {B: 1})
+    host.pps[B] = 30_000.0
+    host.tick(2)
+    host.backlog[B] = 1
+    host.tick(int(LOSS_SETTLE) + 1)
+    host.overruns += 700
+    assert host.tick(1)[0].new > host.changes[0].new
 
 
 def test_socket_overruns_count_as_loss_too():

@@ -25,6 +25,7 @@ class Kernel:
         self.filters: dict[tuple[int, str], tc.FilterState] = {}
         self.next_index = 1
         self.calls: list[str] = []
+        self.now = 0.0  # the clock counters() stamps its readings with
 
     def state(self, spec: tc.FilterSpec, index: int, packets: int) -> tc.FilterState:
         return tc.FilterState(ifindex=spec.ifindex, direction=spec.direction, priority=spec.priority,
@@ -41,14 +42,20 @@ class Kernel:
             return self.filters[spec.ifindex, spec.direction], False
         if fn is tc.read_filter:
             return self.filters.get((args[0].ifindex, args[0].direction))
-        if fn is tc.change_rate:
-            spec, index = args
-            old = self.filters.get((spec.ifindex, spec.direction))
-            if old is None or old.index != index:
-                raise tc.FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone")
-            self.filters[spec.ifindex, spec.direction] = dataclasses.replace(old, rate=spec.rate)
-            return self.filters[spec.ifindex, spec.direction]
         return {tc.own_groups: [], tc.ensure_qdisc: False, tc.holds_only_own: False}[fn]
+
+    # tc.BackoffTc's face: the event loop's own socket for back-off
+    def counters(self) -> tuple[dict[int, tc.ActionCounter], float]:
+        self.calls.append("counters")
+        return {f.index: tc.ActionCounter(f.index, f.rate, f.group, f.packets) for f in self.filters.values()}, self.now
+
+    def change_rate(self, spec: tc.FilterSpec, index: int) -> tc.FilterState:
+        self.calls.append("change_rate")
+        old = self.filters.get((spec.ifindex, spec.direction))
+        if old is None or old.index != index:
+            raise tc.FilterVanished(f"port {spec.ifname}: the {spec.direction} sample filter was gone")
+        self.filters[spec.ifindex, spec.direction] = dataclasses.replace(old, rate=spec.rate)
+        return self.filters[spec.ifindex, spec.direction]
 
     def count(self, ifindex: int, packets: int) -> None:
         key = (ifindex, "ingress")
@@ -59,7 +66,7 @@ def setup() -> tuple[Kernel, PortManager, BackoffPolicy]:
     config = parse_config(CONFIG)
     kernel = Kernel()
     policy = BackoffPolicy(config.max_samples_per_s, config.backoff_hold)
-    ports = PortManager(config, kernel, GroupTable(config.group_base), RateLimiter(), policy)  # type: ignore[arg-type]  # a fake rtnetlink worker
+    ports = PortManager(config, kernel, GroupTable(config.group_base), RateLimiter(), policy, kernel)  # type: ignore[arg-type]  # a fake rtnetlink worker and socket
     return kernel, ports, policy
 
 
@@ -68,13 +75,14 @@ def test_a_flooded_port_is_changed_in_place_and_status_says_why():
 
     async def run() -> None:
         await ports.reconcile({3: LinkInfo("eth0"), 4: LinkInfo("eth1")})
-        policy.tick(0.0, await ports.backoff_readings())
+        policy.tick(0.0, ports.backoff_readings())
         kernel.count(3, 200_000)  # 100,000 samples/s at 1-in-2
         kernel.count(4, 200)
-        (change,) = policy.tick(1.0, await ports.backoff_readings())
+        kernel.now = 1.0
+        (change,) = policy.tick(1.5, ports.backoff_readings())  # the tick comes later than the reading
         assert change.key == (3, "ingress") and change.old == 2
         index = kernel.filters[3, "ingress"].index
-        assert await ports.change_rate(change.key, change.new) is None
+        assert ports.change_rate(change.key, change.new) is None
         after = kernel.filters[3, "ingress"]
         assert after.index == index and after.packets == 200_000 and after.rate == change.new  # same action
         assert kernel.calls.count("install") == 2  # no reinstall
@@ -88,7 +96,7 @@ def test_a_flooded_port_is_changed_in_place_and_status_says_why():
         assert outcome.healed == ("ingress",) and kernel.filters[3, "ingress"].rate == change.new
         # the new filter counts from 0: the reading carries the total across reinstalls, no false drop in load
         kernel.count(3, 1000)
-        readings = {r.key: r for r in await ports.backoff_readings()}
+        readings = {r.key: r for r in ports.backoff_readings()}
         assert readings[3, "ingress"].packets == 201_000
 
     asyncio.run(run())
@@ -100,7 +108,7 @@ def test_a_change_that_finds_the_filter_gone_says_so_and_the_spec_keeps_the_new_
     async def run() -> None:
         await ports.reconcile({3: LinkInfo("eth0")})
         del kernel.filters[3, "ingress"]
-        failure = await ports.change_rate((3, "ingress"), 50)
+        failure = ports.change_rate((3, "ingress"), 50)
         assert failure is not None and "gone" in failure
         assert [spec.rate for spec in ports.ports[3].specs] == [50]
         assert "ingress" not in ports.ports[3].states  # status does not show it sampled meanwhile

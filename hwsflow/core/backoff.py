@@ -19,7 +19,9 @@ mislead it.  Once a tick:
 - the kernel losing samples (socket overruns, GROUP_SEQ gaps) while the load
   fits the budget: the agent cannot take what the budget says on this host
   now (other processes have its CPU), so the budget is lowered to LOSS_CUT of
-  the load for LOSS_MEMORY, and the same rule applies.  Loss after a change,
+  the load for LOSS_MEMORY, and the same rule applies.  It takes losses on
+  LOSS_TICKS ticks on end: a single burst (the agent stopped a moment) is no
+  sign of a load it cannot take.  Loss after a change,
   until the agent reads samples of the new rate on every filter changed (at
   most LOSS_SETTLE), is the old rate's queue overflowing and is not counted;
 - under RECOVER_BELOW of the budget for `hold` seconds on end: N steps back
@@ -52,6 +54,8 @@ LOSS_SETTLE = 30.0  # s after a change at most that loss may still be the old ra
 LOSS_CUT = 0.5  # a loss at a load within the budget lowers the budget to this share of that load
 LOSS_MEMORY = 600.0  # s a budget lowered by loss stays lowered
 LOSS_MIN_LOAD = 100.0  # samples/s: below this, losses are not hwsflow's own samples' doing (foreign groups)
+LOSS_TICKS = 2  # ticks on end with losses before they lower the budget: one burst (the agent stopped) is no load
+IDLE_SHARE = 0.25  # of the budget: samples arriving under this, nothing backed off, no loss: the counters are not read
 STEP_MIN = 0.75  # a step back must lower N to at most this share of it, or reach the configured rate
 
 Key = tuple[int, Direction]  # (ifindex, direction): one filter, one psample group
@@ -162,6 +166,8 @@ class BackoffPolicy:
         self._filters: dict[Key, _Filter] = {}
         self._overruns: int | None = None
         self._settled = True  # at the last tick, every change's rate showed in the samples read
+        self._lossy = 0  # ticks on end that saw losses
+        self._baseline_drops = False  # the next readings' drops are a baseline, not losses (after pause())
         self._lowered: tuple[float, float] | None = None  # (budget, until) after a loss
 
     def configure(self, budget: int, hold: float) -> None:
@@ -192,6 +198,20 @@ class BackoffPolicy:
         found = self._filters.get(key)
         return found.reason if found is not None and found.state is not BackoffState.CONFIGURED else None
 
+    def pause(self) -> None:
+        """The agent skips reading the counters while the load is far below the budget (idle()): the next reading
+        is a new baseline, so a rate is never worked out over the quiet time, nor losses counted from before."""
+        for f in self._filters.values():
+            f.packets, f.pps = None, None
+        self._overruns = None
+        self._baseline_drops = True
+        self._lossy = 0
+
+    def idle(self, now: float, samples_per_s: float) -> bool:
+        """Whether a tick may skip the counters: samples (received and lost) arrive at under IDLE_SHARE of the
+        budget and no rate is backed off, so no decision could change a rate."""
+        return self.enabled and not self.active() and samples_per_s < IDLE_SHARE * self.effective_budget(now)
+
     def effective_budget(self, now: float) -> float:
         if self._lowered is not None and now < self._lowered[1]:
             return min(self._lowered[0], self.budget)
@@ -207,6 +227,7 @@ class BackoffPolicy:
             del self._filters[key]
         changes: list[RateChange] = []
         lost_samples = self._measure(now, current)
+        self._baseline_drops = False
         overrun = 0 if self._overruns is None else max(overruns - self._overruns, 0)
         self._overruns = overruns
         if not self.enabled:
@@ -216,7 +237,8 @@ class BackoffPolicy:
         load = sum(self._load(f) for f in known.values())
         # losses measured since the last tick count only if the samples read then were already of the rates in force
         settled, self._settled = self._settled, self._all_settled(now, current)
-        if (lost_samples or overrun) and settled and load >= LOSS_MIN_LOAD and load <= self.effective_budget(now):
+        self._lossy = self._lossy + 1 if (lost_samples or overrun) and settled else 0
+        if self._lossy >= LOSS_TICKS and load >= LOSS_MIN_LOAD and load <= self.effective_budget(now):
             lowered = max(load * LOSS_CUT, LOSS_MIN_LOAD)
             self._lowered = (lowered, now + LOSS_MEMORY)
         budget = self.effective_budget(now)
@@ -259,7 +281,8 @@ class BackoffPolicy:
                 if f.rate <= reading.configured:  # the new rate is at least what back-off had: it takes over
                     f.rate, f.reason = reading.configured, None
                     f.state = TRANSITIONS[f.state, BackoffEvent.RESTORED]
-            lost += max(reading.drops - f.drops, 0)
+            if not self._baseline_drops:
+                lost += max(reading.drops - f.drops, 0)
             f.drops = reading.drops
             if reading.packets is None:
                 f.pps = None

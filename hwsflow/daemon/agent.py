@@ -101,6 +101,7 @@ class Agent:
         self._evbuf = bytearray(1 << 16)
         self.psample_state = PsampleAvailability(time.monotonic())
         self._psample_drops = 0  # the psample socket's kernel drop count, as last read
+        self._backoff_seen: tuple[float, int] | None = None  # (when, samples + drops + overruns) at the last tick
         self.missing = MissingPorts()  # named ports not there yet: INFO, ERROR only when one stays away
         self.ovs = OvsFollower(config, self._on_ovs_change)  # Open vSwitch's bridges, for `bridge:` rules and status
         self._ovs_dirty = False
@@ -301,8 +302,22 @@ class Agent:
                 return
             except TimeoutError:
                 pass
-            if self.backoff.enabled or self.backoff.active():  # off and nothing to restore: no tc reads at all
+            if self._backoff_idle():
+                self.backoff.pause()  # off, or far below the budget: no tc reads, nothing to decide
+            else:
                 self._back_off()
+
+    def _backoff_idle(self) -> bool:
+        """Whether this tick may skip the counters: back-off is off with nothing to restore, or the samples received
+        and lost since the last tick (what the hot path counts anyway) are far below the budget."""
+        now = time.monotonic()
+        seen = sum(s.samples + s.drops for s in self.groups.sources.values()) + self._overruns()
+        last, self._backoff_seen = self._backoff_seen, (now, seen)
+        if not self.backoff.enabled:
+            return not self.backoff.active()
+        if last is None or now <= last[0]:
+            return False
+        return self.backoff.idle(now, max(seen - last[1], 0) / (now - last[0]))
 
     def _overruns(self) -> int:
         """Messages the psample socket could not take so far (the kernel's drop count, ENOBUFS seen)."""

@@ -57,6 +57,7 @@ LOSS_MIN_LOAD = 100.0  # samples/s: below this, losses are not hwsflow's own sam
 LOSS_TICKS = 2  # ticks on end with losses before they lower the budget: one burst (the agent stopped) is no load
 IDLE_SHARE = 0.25  # of the budget: samples arriving under this, nothing backed off, no loss: the counters are not read
 STEP_MIN = 0.75  # a step back must lower N to at most this share of it, or reach the configured rate
+MIN_INTERVAL = 0.5  # s: counters read closer together than this (a late tick, then one on time) are not a rate
 
 Key = tuple[int, Direction]  # (ifindex, direction): one filter, one psample group
 
@@ -288,7 +289,9 @@ class BackoffPolicy:
                 f.pps = None
                 continue
             at = reading.at if reading.at is not None else now
-            if f.packets is not None and reading.packets >= f.packets and at > f.read_at:
+            if f.packets is not None and reading.packets >= f.packets:
+                if at - f.read_at < MIN_INTERVAL:
+                    continue  # too short a time to tell a rate from the jitter of when ticks run: keep the last one
                 f.pps = (reading.packets - f.packets) / (at - f.read_at)
             else:
                 f.pps = None  # first reading, or the filter was reinstalled and counts from 0

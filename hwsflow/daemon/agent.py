@@ -296,12 +296,12 @@ class Agent:
 
     async def _back_off_loop(self) -> None:
         """Once a tick: the back-off decision on every filter's counters, and its changes applied."""
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), TICK)
+        while True:
+            # a plain sleep: under a flood the event loop turns slowly (each turn drains a batch of samples), and
+            # wait_for's cancellation would cost the tick several turns; stopping waits for this one at most
+            await asyncio.sleep(TICK)
+            if self._stop.is_set():
                 return
-            except TimeoutError:
-                pass
             if self._backoff_idle():
                 self.backoff.pause()  # off, or far below the budget: no tc reads, nothing to decide
             else:

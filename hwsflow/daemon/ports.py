@@ -372,10 +372,11 @@ class PortManager:
                 counter = counters.get(state.index) if state is not None else None
                 packets: int | None = None
                 if state is not None and counter is not None and (counter.group, counter.rate) == (spec.group, spec.rate):
-                    # else the filter is not as hwsflow has it (heal reinstalls it) or the index is another's now
-                    port.states[spec.direction] = replace(state, packets=counter.packets)
-                    binding.sync_tc(counter.packets)
-                    packets = binding.tc_total  # across reinstalls: a fresh filter's counter starts at 0
+                    # else the filter is not as hwsflow has it (heal reinstalls it) or the index is another's now.
+                    # The pool's tc total is left to the re-syncs: their readings come through the worker, in order,
+                    # and one older than this would look like a reinstall there.  A reinstalled filter's counter
+                    # starts from 0 again, which the decision takes as no measurement for that tick.
+                    packets = counter.packets
                 readings.append(Reading((spec.ifindex, spec.direction), port.ifname, settings.sampling, packets,
                                         binding.drops, settings.max_samples_per_s, binding.last_rate, at))
         return readings

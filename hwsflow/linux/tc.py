@@ -380,6 +380,7 @@ class BackoffTc:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
+        self.answered_at = 0.0  # time.monotonic() of the last request's answer
 
     def _request(self, msg: TcaMsg | TcMsg, msg_type: int, flags: int) -> list[bytes]:
         """Send one request; every reply message but DONE and the ACK, as bytes.  NetlinkError for an error reply."""
@@ -390,10 +391,14 @@ class BackoffTc:
         self._seq += 1
         msg["header"]["type"], msg["header"]["flags"], msg["header"]["sequence_number"] = msg_type, flags, self._seq
         msg.encode()
+        sent = time.monotonic()
         self._sock.send(msg.data)
         replies: list[bytes] = []
+        self.answered_at = 0.0
         while True:
             data = self._sock.recv(1 << 20)
+            # when the kernel read its counters, about: before decoding, which can take long on a busy host
+            self.answered_at = self.answered_at or (sent + time.monotonic()) / 2
             for reply_type, start, stop in iter_messages(data, len(data)):
                 if NLMSG_HDR.unpack_from(data, start)[3] != self._seq:
                     continue  # an answer to an earlier request that timed out
@@ -421,7 +426,7 @@ class BackoffTc:
             msg = TcaMsg(raw)
             msg.decode()
             found.update((action.index, action) for action in parse_actions(msg))
-        return found, time.monotonic()
+        return found, self.answered_at
 
     def _read_filter(self, spec: FilterSpec) -> FilterState | None:
         replies = self._request(_filter_key_msg(spec.ifindex, spec.direction), RTM_GETTFILTER,

@@ -30,11 +30,11 @@ HEALTHY_PORT, HEALTHY_PEER = "hsb1", "hsb1x"
 GROUP_BASE = 3200  # apart from the other scenarios' groups
 BUDGET = 200  # samples/s for the whole agent
 HOLD = 2  # s under half the budget before the rate steps back
-FLOOD_S = 8.0  # s of flood
+FLOOD_S = 15.0  # s of flood: long enough that the back-off comes during it on a loaded host
 # frames/s of the flood: 30 times the budget, and more than the agent drains under emulation (about 3,000
 # samples/s); paced, so that the samples queued before the back-off fit RCVBUF whatever the host's load
 FLOOD_PPS = 6000
-RCVBUF = 64 << 20  # about 87,000 queued samples: 14 s of the flood at 1-in-1
+RCVBUF = 128 << 20  # about 170,000 queued samples: 28 s of the flood at 1-in-1
 TRICKLE_INTERVAL = 0.05  # s between the healthy port's frames: 20 a second, a tenth of the budget
 LATE = 20  # frames through the flood port once its rate is back, after a pool re-sync
 TAG_TRICKLE, TAG_LATE = 50, 51
@@ -52,9 +52,12 @@ def flood(ifname: str, seconds: float, pps: int) -> int:
         sock.bind((ifname, 0))
         start = time.monotonic()
         while (now := time.monotonic()) < start + seconds:
-            if sent > (now - start) * pps:
+            due = (now - start) * pps
+            if sent > due:
                 time.sleep(0.005)  # pacing the flood, not waiting for an outcome
                 continue
+            if sent < due - pps * 0.1:
+                start = now - sent / pps  # the sender was descheduled: go on at the pace, never in a burst
             for _ in range(50):
                 sock.send(frame)
             sent += 50

@@ -353,3 +353,12 @@ def test_an_idle_agent_skips_the_counters_and_starts_from_a_new_baseline():
 def test_back_off_off_is_idle_only_with_nothing_to_restore():
     policy = BackoffPolicy(budget=0, hold=10)
     assert not policy.idle(0.0, 0.0)  # the agent decides that case itself: off and nothing backed off
+
+
+def test_counters_read_too_close_together_are_no_rate():
+    policy = BackoffPolicy(budget=1000, hold=10)
+    policy.tick(1.0, [Reading(B, "p2", 1, 0)])
+    policy.tick(2.0, [Reading(B, "p2", 1, 500)])  # 500/s
+    # a late tick then one on time: 200 packets in 0.1 s would read as 2,000/s
+    assert policy.tick(2.1, [Reading(B, "p2", 1, 700)]) == []
+    assert policy.tick(3.0, [Reading(B, "p2", 1, 1200)]) == []  # 700 in 1 s from the last kept reading

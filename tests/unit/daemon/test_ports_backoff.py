@@ -94,10 +94,11 @@ def test_a_flooded_port_is_changed_in_place_and_status_says_why():
         del kernel.filters[3, "ingress"]
         outcome = await ports.heal(3)
         assert outcome.healed == ("ingress",) and kernel.filters[3, "ingress"].rate == change.new
-        # the new filter counts from 0: the reading carries the total across reinstalls, no false drop in load
+        # the new filter counts from 0: the reading is its own counter, which the decision takes as a new start
         kernel.count(3, 1000)
         readings = {r.key: r for r in ports.backoff_readings()}
-        assert readings[3, "ingress"].packets == 201_000
+        assert readings[3, "ingress"].packets == 1000
+        assert policy.tick(2.5, list(readings.values())) == [] and policy.rate((3, "ingress"), 2) == change.new
 
     asyncio.run(run())
 

@@ -341,7 +341,10 @@ class PortManager:
                 continue
             binding = self.groups.get(spec.group)
             if state is not None and binding is not None:
-                port.states[spec.direction] = state
+                if any(current is spec for current in port.specs):
+                    # else back-off changed the rate (or a heal the filter) while this reading queued behind the
+                    # worker: the state it returned says the old rate, and status must show the new one
+                    port.states[spec.direction] = state
                 binding.sync_tc(state.packets)
         source = self.groups.sources.get(ifindex)
         if source is not None and port.specs:

@@ -117,6 +117,29 @@ def test_a_change_that_finds_the_filter_gone_says_so_and_the_spec_keeps_the_new_
     asyncio.run(run())
 
 
+def test_a_pool_reading_that_queued_across_a_rate_change_does_not_bring_the_old_rate_back():
+    """sync_pool reads through the worker, which may answer after back-off changed the rate in place: status
+    then still shows the kernel's new rate, not the old one the late reading carried."""
+    kernel, ports, _policy = setup()
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        read = kernel.call
+
+        async def late(fn, *args):
+            answer = await read(fn, *args)
+            if fn is tc.read_filter:
+                assert ports.change_rate((3, "ingress"), 47) is None  # while the reading was on its way
+            return answer
+
+        kernel.call = late  # type: ignore[method-assign]  # the worker answering after the change
+        await ports.sync_pool(3)
+        (row,) = ports.status_rows()
+        assert kernel.filters[3, "ingress"].rate == row["current_rate"] == 47
+
+    asyncio.run(run())
+
+
 def test_status_render_marks_a_backed_off_rate_and_gives_the_reason():
     row = {"port": "eth0", "ifindex": 3, "groups": [1000], "rate": 2, "rate_in_force": 134, "direction": "ingress",
            "offload": "not_in_hw", "samples_per_s": 740.0, "drops": 0, "pool": 5, "last_sample_age_s": 0.2,

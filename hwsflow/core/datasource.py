@@ -26,8 +26,9 @@ class DataSource:
     # how far re-syncs lifted the pool above what samples counted: the packets of samples lost but not
     # yet seen as a GROUP_SEQ gap are in it, and must not be counted again when the gap shows
     resync_credit: int = 0
-    # how far the pool was ahead of the kernel's count at the last re-sync, less what samples have added
-    # since: samples fill this first, so the pool holds (it never goes back) until the kernel passes it
+    # how far the pool was ahead of the kernel's count at the last re-sync, less what samples have filled
+    # since: samples fill this first (all but the sampled packet at 1-in-N > 1, see advance), so the pool
+    # creeps or holds, never goes back, until the kernel's count passes it
     pool_hold: int = 0
 
     @property
@@ -39,8 +40,8 @@ class DataSource:
         """Converge on the packets the kernel's sample actions saw, without ever going back.
 
         Behind: the pool is lifted to the kernel's count.  Ahead (the estimate from samples x rate ran
-        over): the pool holds at what it is, and samples fill the difference before they advance it
-        again, so it stays ahead by no more than what samples have added since this reading.
+        over): samples fill the difference before they advance the pool by more than the sampled packet
+        (see advance), so it stays ahead by no more than what samples have added since this reading.
 
         pool_when_read is the pool when the counters were asked for: samples taken while the answer was on
         its way may stand for packets the kernel counted after it answered, so only what the pool was
@@ -55,16 +56,27 @@ class DataSource:
             self.pool_hold = max(ahead, 0)
 
     def advance(self, packets: int) -> None:
-        """Add packets that samples stood for: into the hold first while the pool is ahead."""
-        held = min(self.pool_hold, packets)
-        self.pool_hold -= held
-        self.pool += packets - held
+        """Add the packets one received sample stood for (its rate): while the pool is ahead, into the hold first.
+
+        At 1-in-N with N > 1 the pool still advances by 1 (the sampled packet).  sfacctd weighs a sample by the
+        pool's advance since the previous one, but one whose pool stood still by its full rate, and then the
+        next by the advance divided over both: a pool that stood still would keep the phantom packets the hold
+        is there to take back, and let the next sample lose its own.  At 1-in-1 a standing pool is weighed at
+        1 all the same, the truth, so there the sample's packet goes into the hold and the pool meets tc's count.
+        """
+        self._fill(packets, 1 if packets > 1 else 0)
 
     def add_lost(self, packets: int) -> None:
         """The packets that lost samples stood for, less what a re-sync has already counted."""
         absorbed = min(self.resync_credit, packets)
         self.resync_credit -= absorbed
-        self.advance(packets - absorbed)
+        self._fill(packets - absorbed, 0)
+
+    def _fill(self, packets: int, counted: int) -> None:
+        """Add packets to the pool, all but `counted` of them into the hold while there is one."""
+        held = min(self.pool_hold, packets - counted)
+        self.pool_hold -= held
+        self.pool += packets - held
 
 
 @dataclass(slots=True)

@@ -156,9 +156,11 @@ int hws_account(struct hws_group *group, uint32_t seq, uint32_t rate)
         lost = gap * lost_rate; /* < 2**63 */
         absorbed = s->resync_credit < lost ? s->resync_credit : lost;
     }
-    /* DataSource.advance: lost packets then the sample's own, into the hold first while the pool is ahead */
+    /* DataSource.add_lost then advance: lost packets then the sample's own, into the hold first while the
+     * pool is ahead, all but the sampled packet itself at 1-in-N > 1 */
     uint64_t add = lost - absorbed + rate;
-    uint64_t held = s->pool_hold < add ? s->pool_hold : add;
+    uint64_t room = add - (rate > 1);
+    uint64_t held = s->pool_hold < room ? s->pool_hold : room;
     add -= held;
     if (s->pool > UINT64_MAX - add || s->drops > UINT64_MAX - gap || group->drops > UINT64_MAX - gap
         || s->flow_seq == UINT64_MAX)

@@ -113,13 +113,14 @@ def check_estimate(samples: list[Sample], source: int, rate: int, sent: int) -> 
 
 
 def check_pool_after_resync(a: list[Sample], tc_after_traffic: int, rate: int) -> None:
-    """Pools never go back; the first sample after the re-sync builds on tc's count, or, when the pool was
-    ahead of it, the pool holds until the sample's packets pass it."""
-    assert all(x.pool <= y.pool for x, y in pairwise(a))
+    """Pools never go back, and above 1-in-1 every sample advances them (sfacctd weighs a sample whose pool
+    stood still at its full rate); the first sample after the re-sync builds on tc's count, or, when the pool
+    was ahead of it, advances it by the sampled packet only, its other packets filling what it was ahead by."""
+    assert rate > 1 and all(x.pool < y.pool for x, y in pairwise(a))
     traffic = [s for s in a if s.tag == sa.TAG_EST]
     first_late = next(s for s in a if s.tag == sa.TAG_LATE)
     assert first_late.seq == traffic[-1].seq + 1
-    assert first_late.pool == max(traffic[-1].pool, tc_after_traffic + rate)
+    assert first_late.pool == max(traffic[-1].pool + 1, tc_after_traffic + rate)
 
 
 def check_last_pool(samples: list[Sample], tc_packets: int) -> None:
@@ -298,6 +299,12 @@ def test_the_estimate_check_fails_on_a_wrong_rate_or_a_duplicate(estimate, ports
         check_estimate(wrong_rate, ports[0], sa.EST_RATE + 1, sa.EST_FRAMES)
     with pytest.raises(AssertionError):
         check_estimate(samples + samples[:1], ports[0], sa.EST_RATE, sa.EST_FRAMES)
+
+
+def test_the_pool_check_fails_on_a_pool_that_stood_still(estimate, ports):
+    a = of(flow_samples(estimate["datagrams"]), ports[0])
+    with pytest.raises(AssertionError):
+        check_pool_after_resync(changed(a, 1, pool=a[0].pool), estimate["tc_after_traffic"], sa.EST_RATE)
 
 
 def test_the_pool_checks_fail_on_a_pool_off_by_one(estimate, ports):

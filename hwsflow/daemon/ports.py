@@ -45,6 +45,10 @@ class WatchedPort:
     def ifname(self) -> str:
         return self.plan.ifname
 
+    def spec(self, direction: Direction) -> tc.FilterSpec | None:
+        """The filter wanted for direction now: back-off replaces it (a new rate) while other calls await the kernel."""
+        return next((spec for spec in self.specs if spec.direction == direction), None)
+
 
 def failure_code(err: BaseException) -> str:
     """Why a port could not be set up, as a bounded code: the errno name when the kernel refused,
@@ -278,14 +282,14 @@ class PortManager:
             return HealOutcome()
         healed: list[Direction] = []
         failure, blocked = None, False
-        for spec in port.specs:
+        for direction in [spec.direction for spec in port.specs]:
             try:
-                state = await self.rtnl.call(tc.read_filter, spec)
-                if state is not None and tc.matches(state, spec):
+                spec, state = await self._read_in_force(port, direction)
+                if spec is None or (state is not None and tc.matches(state, spec)):
                     continue
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
                     return HealOutcome(tuple(healed), waiting=True)  # its owner may be re-creating it: let it
-                created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, spec.direction)
+                created = await self.rtnl.call(tc.ensure_qdisc, spec.ifindex, spec.ifname, direction)
                 if created:
                     port.created_qdisc = True  # removed at stop like the one made at install
                 elif port.created_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) == "ingress":
@@ -293,32 +297,56 @@ class PortManager:
                     # at port initialisation): when that one is deleted, its owner is waited for
                     port.created_qdisc = False
                 cause = heal_cause(state is not None, created)
+                spec = port.spec(direction)  # the rate in force: back-off may have changed it meanwhile
+                if spec is None:
+                    continue
                 state, _ = await self.rtnl.call(tc.install, spec)
+                if (in_force := port.spec(direction)) is not None and in_force is not spec:
+                    # back-off changed the rate while the filter went in at the old one (its change found the
+                    # old filter): changed in place now, as back-off does, the same action
+                    state, spec = self.backoff_tc.change_rate(in_force, state.index), in_force
             except tc.PriorityTaken as err:
                 failure, blocked = str(err), True
-                self._unsampled(port, spec.direction, failure, PRIORITY_TAKEN)
+                self._unsampled(port, direction, failure, PRIORITY_TAKEN)
                 continue
             except tc.TcError as err:
                 failure = str(err)
-                self._unsampled(port, spec.direction, failure, failure_code(err))
+                self._unsampled(port, direction, failure, failure_code(err))
                 continue
             except (NetlinkError, OSError) as err:
-                failure = f"port {port.ifname}: cannot reinstall the {spec.direction} filter: {err}"
-                self._unsampled(port, spec.direction, failure, failure_code(err))
+                failure = f"port {port.ifname}: cannot reinstall the {direction} filter: {err}"
+                self._unsampled(port, direction, failure, failure_code(err))
                 continue
-            port.states[spec.direction] = state
+            port.states[direction] = state
             port.heals[cause] = port.heals.get(cause, 0) + 1
             binding = self.groups.get(spec.group)
             if binding is not None:
                 binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
-            healed.append(spec.direction)
+            healed.append(direction)
             # resolved by hwsflow itself: INFO, and once a minute at most when another program keeps at it
-            self.limiter.warn(log, ("healed", port.ifname, spec.direction),
+            self.limiter.warn(log, ("healed", port.ifname, direction),
                               "port %s: its %s sample filter was deleted by another program; reinstalled",
-                              port.ifname, spec.direction, level=logging.INFO)
+                              port.ifname, direction, level=logging.INFO)
         if failure is None and set(port.plan.directions) <= set(port.states):
             port.error = port.error_code = None  # every direction samples again
         return HealOutcome(tuple(healed), failure=failure, blocked=blocked)
+
+    async def _read_in_force(self, port: WatchedPort,
+                             direction: Direction) -> tuple[tc.FilterSpec | None, tc.FilterState | None]:
+        """The spec in force for direction (None: no longer wanted) and the kernel's filter for it.  Back-off may
+        change the rate in place while the reading queues behind the worker: a reading that may predate the
+        change is taken again, so a filter changed as wanted is not taken for one that differs.  Should the
+        rate change during that one too, the heal reinstalls at the rate in force: a gap, never the old rate."""
+        spec, state = port.spec(direction), None
+        for _ in range(2):
+            if spec is None:
+                break
+            read_for = spec
+            state = await self.rtnl.call(tc.read_filter, read_for)
+            spec = port.spec(direction)
+            if spec is read_for:
+                break
+        return spec, state
 
     @staticmethod
     def _unsampled(port: WatchedPort, direction: Direction, message: str, code: str) -> None:
@@ -341,7 +369,7 @@ class PortManager:
                 continue
             binding = self.groups.get(spec.group)
             if state is not None and binding is not None:
-                if any(current is spec for current in port.specs):
+                if port.spec(spec.direction) is spec:
                     # else back-off changed the rate (or a heal the filter) while this reading queued behind the
                     # worker: the state it returned says the old rate, and status must show the new one
                     port.states[spec.direction] = state
@@ -389,10 +417,10 @@ class PortManager:
         else why not.  The spec takes the new rate either way: a heal reinstalls the filter at the rate in force."""
         ifindex, direction = key
         port = self.ports.get(ifindex)
-        found = [i for i, spec in enumerate(port.specs) if spec.direction == direction] if port else []
-        if port is None or not found:
+        current = port.spec(direction) if port is not None else None
+        if port is None or current is None:
             return None  # gone meanwhile: nothing to change
-        spec = port.specs[found[0]] = replace(port.specs[found[0]], rate=rate)
+        spec = port.specs[port.specs.index(current)] = replace(current, rate=rate)
         state = port.states.get(direction)
         if state is None:
             return f"port {port.ifname}: the {direction} filter is not installed; it is installed at 1-in-{rate}"

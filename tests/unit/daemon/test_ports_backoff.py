@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 from hwsflow.core.backoff import BackoffPolicy
 from hwsflow.core.config import parse_config
 from hwsflow.core.groups import GroupTable
 from hwsflow.core.model import LinkInfo
 from hwsflow.core.status import render
 from hwsflow.daemon.logs import RateLimiter
-from hwsflow.daemon.ports import PortManager
+from hwsflow.daemon.ports import HealOutcome, PortManager
 from hwsflow.linux import tc
 
 CONFIG = "targets: [192.0.2.10]\nsampling: 2\nmax_samples_per_s: 1000\nports:\n  - name: eth0\n  - name: eth1\n"
@@ -117,6 +119,41 @@ def test_a_change_that_finds_the_filter_gone_says_so_and_the_spec_keeps_the_new_
     asyncio.run(run())
 
 
+@dataclasses.dataclass
+class Race:
+    """What happened around the change: the rates the kernel was asked to install at, change_rate's answer."""
+
+    installed: list[int] = dataclasses.field(default_factory=list)
+    changes: list[str | None] = dataclasses.field(default_factory=list)
+
+
+def changing_rate_during(kernel: Kernel, ports: PortManager, call: object, rate: int, *, answered: bool) -> Race:
+    """Back-off changes the port's rate to `rate` (as _back_off does, between two turns of the event loop) while
+    the first `call` is with the fake worker: before the kernel answers it, or (answered) after, the answer still
+    on its way."""
+    answer = kernel.call
+    race = Race()
+    pending = [call]
+
+    def change(fn: object) -> None:
+        if fn in pending:
+            pending.remove(fn)
+            race.changes.append(ports.change_rate((3, "ingress"), rate))
+
+    async def late(fn, *args):
+        if fn is tc.install:
+            race.installed.append(args[0].rate)
+        if not answered:
+            change(fn)
+        result = await answer(fn, *args)
+        if answered:
+            change(fn)
+        return result
+
+    kernel.call = late  # type: ignore[method-assign]  # the worker, answering around the change
+    return race
+
+
 def test_a_pool_reading_that_queued_across_a_rate_change_does_not_bring_the_old_rate_back():
     """sync_pool reads through the worker, which may answer after back-off changed the rate in place: status
     then still shows the kernel's new rate, not the old one the late reading carried."""
@@ -124,18 +161,57 @@ def test_a_pool_reading_that_queued_across_a_rate_change_does_not_bring_the_old_
 
     async def run() -> None:
         await ports.reconcile({3: LinkInfo("eth0")})
-        read = kernel.call
-
-        async def late(fn, *args):
-            answer = await read(fn, *args)
-            if fn is tc.read_filter:
-                assert ports.change_rate((3, "ingress"), 47) is None  # while the reading was on its way
-            return answer
-
-        kernel.call = late  # type: ignore[method-assign]  # the worker answering after the change
+        race = changing_rate_during(kernel, ports, tc.read_filter, 47, answered=True)
         await ports.sync_pool(3)
+        assert race.changes == [None]  # changed in place while the reading was on its way
         (row,) = ports.status_rows()
         assert kernel.filters[3, "ingress"].rate == row["current_rate"] == 47
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["before the reading", "after the reading"])
+def test_a_heal_whose_reading_queued_across_a_rate_change_keeps_the_new_rate(answered: bool):
+    """heal reads the filter through the worker; back-off changing the rate in place meanwhile is not a filter
+    that differs: nothing is reinstalled, and the kernel, the states and status keep the new rate."""
+    kernel, ports, _policy = setup()
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        index = kernel.filters[3, "ingress"].index
+        race = changing_rate_during(kernel, ports, tc.read_filter, 47, answered=answered)
+        outcome = await ports.heal(3)
+        assert race.changes == [None] and outcome == HealOutcome() and race.installed == []
+        assert kernel.filters[3, "ingress"].rate == 47 and kernel.filters[3, "ingress"].index == index
+        assert ports.ports[3].states["ingress"].rate == 47 and [s.rate for s in ports.ports[3].specs] == [47]
+        (row,) = ports.status_rows()
+        assert row["current_rate"] == 47
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("during", "installed_at"), [(tc.ensure_qdisc, [47]), (tc.install, [2])],
+                         ids=["while the qdisc is ensured", "while the filter is installed"])
+def test_a_rate_change_during_a_heal_leaves_the_filter_at_the_new_rate(during: object, installed_at: list[int]):
+    """A change that lands before the install goes out is the rate installed; one that lands while the install
+    is on its way at the old rate (back-off's change then finds the old filter gone) is made in place on the new
+    filter afterwards: the same action, so its counter goes on."""
+    kernel, ports, _policy = setup()
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        del kernel.filters[3, "ingress"]
+        race = changing_rate_during(kernel, ports, during, 47, answered=True)
+        outcome = await ports.heal(3)
+        (failure,) = race.changes  # the old filter was gone: the agent heals again, which then finds it right
+        assert failure is not None and "gone" in failure
+        assert outcome.healed == ("ingress",) and race.installed == installed_at  # never again at the old rate
+        healed = kernel.filters[3, "ingress"]
+        assert healed.rate == ports.ports[3].states["ingress"].rate == 47
+        assert healed.index == ports.ports[3].states["ingress"].index == kernel.next_index - 1  # one new action
+        assert ports.ports[3].error is None
+        (row,) = ports.status_rows()
+        assert row["current_rate"] == 47
 
     asyncio.run(run())
 

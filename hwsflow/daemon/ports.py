@@ -22,6 +22,7 @@ from hwsflow.core.control import Disable, Enable, RequestError
 from hwsflow.core.groups import GroupTable
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.linux.rtnl import RtnlWorker, hosts_of_own_filters
+from hwsflow.wire.netlink import MalformedMessage
 from hwsflow.core import sampling
 from hwsflow.core.backoff import BackoffPolicy, Key, Reading
 from hwsflow.core.selection import PortPlan, changes, enabled_settings, plan_all, plan_port, rate_choice
@@ -387,7 +388,7 @@ class PortManager:
         Blocking, and short: the event loop waits for one netlink dump."""
         try:
             counters, at = self.backoff_tc.counters()
-        except (NetlinkError, OSError) as err:
+        except (NetlinkError, OSError, MalformedMessage) as err:
             log.debug("cannot read the sample actions' counters: %s", err)
             counters, at = {}, None
         readings = []

@@ -28,6 +28,7 @@ from pyroute2.netlink.rtnl import (
 
 from hwsflow.core.model import DIRECTIONS, Direction, Offload
 from hwsflow.wire import tc_nla
+from hwsflow.wire.tc_actions import ActionCounter, parse_action_dump
 from hwsflow.wire.netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, NLMSGERR, iter_messages
 from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcaMsg, TcMsg
 
@@ -337,30 +338,6 @@ def read_filter(ipr: IPRoute, spec: FilterSpec) -> FilterState | None:
     return None
 
 
-@dataclass(frozen=True)
-class ActionCounter:
-    """One sample action as `tc actions list action sample` shows it: what back-off reads each tick."""
-
-    index: int
-    rate: int
-    group: int
-    packets: int
-
-
-def parse_actions(msg: TcaMsg) -> list[ActionCounter]:
-    """The sample actions of one RTM_NEWACTION dump message."""
-    table = msg.get_attr("TCA_ROOT_TAB")
-    found = []
-    for _name, action in table["attrs"] if table is not None else []:
-        options = action.get_attr("TCA_ACT_OPTIONS") if action.get_attr("TCA_ACT_KIND") == "sample" else None
-        if options is None or options.get_attr("TCA_SAMPLE_PARMS") is None:
-            continue
-        found.append(ActionCounter(options.get_attr("TCA_SAMPLE_PARMS")["index"],
-                                   options.get_attr("TCA_SAMPLE_RATE") or 0,
-                                   options.get_attr("TCA_SAMPLE_PSAMPLE_GROUP") or 0, _action_packets(action)))
-    return found
-
-
 def action_dump_msg() -> TcaMsg:
     """RTM_GETACTION's body for a dump of every sample action (`tc actions list action sample`)."""
     msg = TcaMsg()
@@ -422,10 +399,8 @@ class BackoffTc:
                 return {}, time.monotonic()
             raise
         found: dict[int, ActionCounter] = {}
-        for raw in replies:
-            msg = TcaMsg(raw)
-            msg.decode()
-            found.update((action.index, action) for action in parse_actions(msg))
+        for raw in replies:  # walked, not decoded by pyroute2: this blocks the event loop (tc_actions says why)
+            found.update((action.index, action) for action in parse_action_dump(raw))
         return found, self.answered_at
 
     def _read_filter(self, spec: FilterSpec) -> FilterState | None:

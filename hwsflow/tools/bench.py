@@ -642,6 +642,9 @@ def measure(options: Options) -> tuple[dict[str, Any], list[bytes]]:
     from hwsflow.tools.bench_tunnels import measure_mix  # it builds on this module's messages
 
     report["tunnels"] = measure_mix(min(options.samples, 50_000), options.runs)
+    from hwsflow.tools.bench_actions import measure_dump
+
+    report["backoff_dump"] = measure_dump(options.runs)
     return report, kept
 
 
@@ -715,6 +718,7 @@ def _python_lines(r: dict[str, Any]) -> list[str]:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    from hwsflow.tools.bench_actions import format_dump
     from hwsflow.tools.bench_tunnels import format_mix
 
     m, p = r["machine"], r["paced"]
@@ -749,6 +753,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"{', '.join(str(v) for v in r['rss_during_paced_mb'])})",
         f"collector:   {r['collector']['datagrams']:,} datagrams, {r['collector']['samples']:,} samples",
         format_mix(r["tunnels"]),
+        format_dump(r["backoff_dump"]),
         *_target_lines(r),
     ])
 

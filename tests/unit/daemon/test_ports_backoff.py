@@ -16,6 +16,7 @@ from hwsflow.core.status import render
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.daemon.ports import HealOutcome, PortManager
 from hwsflow.linux import tc
+from hwsflow.wire.tc_actions import ActionCounter
 
 CONFIG = "targets: [192.0.2.10]\nsampling: 2\nmax_samples_per_s: 1000\nports:\n  - name: eth0\n  - name: eth1\n"
 
@@ -47,9 +48,9 @@ class Kernel:
         return {tc.own_groups: [], tc.ensure_qdisc: False, tc.holds_only_own: False}[fn]
 
     # tc.BackoffTc's face: the event loop's own socket for back-off
-    def counters(self) -> tuple[dict[int, tc.ActionCounter], float]:
+    def counters(self) -> tuple[dict[int, ActionCounter], float]:
         self.calls.append("counters")
-        return {f.index: tc.ActionCounter(f.index, f.rate, f.group, f.packets) for f in self.filters.values()}, self.now
+        return {f.index: ActionCounter(f.index, f.rate, f.group, f.packets) for f in self.filters.values()}, self.now
 
     def change_rate(self, spec: tc.FilterSpec, index: int) -> tc.FilterState:
         self.calls.append("change_rate")

@@ -5,8 +5,7 @@ import socket
 import pytest
 
 from hwsflow.linux import tc
-from hwsflow.wire import tc_nla
-from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcaMsg, TcMsg
+from hwsflow.wire.tc_nla import TC_ACT_UNSPEC, TcMsg
 
 # TCA_OPTIONS payload that iproute2 6.1 sends for
 #   tc filter add dev lo ingress prio 3 protocol all matchall skip_hw \
@@ -164,20 +163,6 @@ def _encode_msg(msg: TcMsg) -> bytes:
     msg["header"]["type"] = 44
     msg.encode()
     return bytes(msg.data)
-
-
-def test_an_action_dump_reads_back_as_counters_by_index():
-    actions = [{"kind": "sample", "rate": 64, "group": 3200, "trunc": 128, "index": 3, "cookie": tc.make_cookie(3200)},
-               {"kind": "gact", "action": "ok"},  # another program's action of another kind: not one of these
-               {"kind": "sample", "rate": 1, "group": 7, "index": 9}]
-    msg = TcaMsg()
-    msg["attrs"] = [["TCA_ROOT_TAB", tc_nla.action_list_attrs(actions)]]
-    msg["header"]["type"] = 48
-    msg.encode()
-    decoded = TcaMsg(bytes(msg.data))
-    decoded.decode()
-    found = tc.parse_actions(decoded)
-    assert found == [tc.ActionCounter(3, 64, 3200, 0), tc.ActionCounter(9, 1, 7, 0)]
 
 
 def test_the_action_dump_asks_for_sample_actions_like_iproute2():

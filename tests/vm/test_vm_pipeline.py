@@ -137,15 +137,17 @@ def test_last_pool_equals_the_sample_actions_counter(vm, samples_by_tag):
 
 
 def test_pool_is_resynced_from_the_kernel_counter(samples_by_tag):
-    """hsp1 samples 1-in-4: once the traffic is over, its pool is the tc actions' count, or the estimate held where it ran ahead."""
+    """hsp1 samples 1-in-4: once the traffic is over, its pool is the tc actions' count, or the estimate where it ran ahead."""
     early = samples_by_tag[TAG_HSP1_IN] + samples_by_tag[TAG_HSP1_OUT]
     estimate = max(s["sample_pool"] for s in early)
     first_late = min(samples_by_tag[TAG_HSP1_LATE], key=lambda s: s["sequence_number"])
     counted = COUNTS[TAG_HSP1_IN] + COUNTS[TAG_HSP1_OUT]  # what hsp1's two sample actions saw
     assert first_late["sequence_number"] == max(s["sequence_number"] for s in early) + 1
-    # a re-sync lifts a pool that is behind tc's count; one that ran ahead holds until the count passes it
-    # (issue 17), so the next sample's 4 packets go on top of the count, or into the hold
-    assert first_late["sample_pool"] == max(estimate, counted + 4)
+    # a re-sync lifts a pool that is behind tc's count, and the next sample's 4 packets go on top of it; one that
+    # ran ahead (issue 17) advances by the sampled packet alone, the other 3 filling what it is ahead by
+    assert first_late["sample_pool"] == max(estimate + 1, counted + 4)
+    pools = [s["sample_pool"] for s in sorted(early + samples_by_tag[TAG_HSP1_LATE], key=lambda s: s["sequence_number"])]
+    assert all(x < y for x, y in pairwise(pools))  # above 1-in-1 every sample advances it (sfacctd's weight)
 
 
 def test_both_collectors_receive_the_same_datagrams(datagrams):

@@ -41,6 +41,8 @@ class WatchedPort:
     error: str | None = None  # why (a direction of) the port is not sampled; retried when its plan changes
     error_code: str | None = None  # the same as a short code (failure_code), for metrics
     heals: dict[str, int] = field(default_factory=dict)  # filters reinstalled, by what was found (heal_cause)
+    # directions whose filter samples in hardware and waits for a heal to reinstall it at back-off's new rate
+    rate_reinstalls: set[str] = field(default_factory=set)
 
     @property
     def ifname(self) -> str:
@@ -304,8 +306,12 @@ class PortManager:
                 state, _ = await self.rtnl.call(tc.install, spec)
                 if (in_force := port.spec(direction)) is not None and in_force is not spec:
                     # back-off changed the rate while the filter went in at the old one (its change found the
-                    # old filter): changed in place now, as back-off does, the same action
-                    state, spec = self.backoff_tc.change_rate(in_force, state.index), in_force
+                    # old filter): changed in place now, as back-off does, the same action; in hardware, anew
+                    if state.in_hw:
+                        state, _ = await self.rtnl.call(tc.install, in_force)
+                    else:
+                        state = self.backoff_tc.change_rate(in_force, state.index)
+                    spec = in_force
             except tc.PriorityTaken as err:
                 failure, blocked = str(err), True
                 self._unsampled(port, direction, failure, PRIORITY_TAKEN)
@@ -319,11 +325,17 @@ class PortManager:
                 self._unsampled(port, direction, failure, failure_code(err))
                 continue
             port.states[direction] = state
-            port.heals[cause] = port.heals.get(cause, 0) + 1
             binding = self.groups.get(spec.group)
             if binding is not None:
                 binding.sync_tc(state.packets)  # a fresh filter counts from 0: the total carries on
             healed.append(direction)
+            for_rate = direction in port.rate_reinstalls
+            port.rate_reinstalls.discard(direction)
+            if for_rate and cause == "filter_changed":  # found at the old rate, not deleted by another program
+                log.info("port %s: its %s sample filter reinstalled at 1-in-%d, as back-off asked (it samples in "
+                         "hardware, whose rate only a new filter changes)", port.ifname, direction, spec.rate)
+                continue  # hwsflow's own doing: no heal to count
+            port.heals[cause] = port.heals.get(cause, 0) + 1
             # resolved by hwsflow itself: INFO, and once a minute at most when another program keeps at it
             self.limiter.warn(log, ("healed", port.ifname, direction),
                               "port %s: its %s sample filter was deleted by another program; reinstalled",
@@ -415,7 +427,13 @@ class PortManager:
 
     def change_rate(self, key: Key, rate: int) -> str | None:
         """Set the filter's rate in place (the same tc action, its counter and the pool go on); None when done,
-        else why not.  The spec takes the new rate either way: a heal reinstalls the filter at the rate in force."""
+        else why not.  The spec takes the new rate either way: a heal reinstalls the filter at the rate in force.
+
+        Not in place for a filter that samples in hardware: the driver (mlx5, mlxsw) took the rate when the filter
+        was offloaded, and a change of the action alone does not reach it (the kernel offers a standalone action
+        to the drivers' action offload, never to the filter's hardware copy).  The sampling would go on at the
+        old rate while status showed the new one; that filter is reinstalled instead, a gap of one netlink
+        round trip."""
         ifindex, direction = key
         port = self.ports.get(ifindex)
         current = port.spec(direction) if port is not None else None
@@ -425,6 +443,9 @@ class PortManager:
         state = port.states.get(direction)
         if state is None:
             return f"port {port.ifname}: the {direction} filter is not installed; it is installed at 1-in-{rate}"
+        if state.in_hw:
+            port.rate_reinstalls.add(direction)
+            return f"port {port.ifname}: the {direction} filter samples in hardware, which keeps the rate it was offloaded with"
         try:
             port.states[direction] = self.backoff_tc.change_rate(spec, state.index)
         except (tc.TcError, NetlinkError, OSError) as err:

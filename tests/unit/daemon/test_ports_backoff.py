@@ -29,11 +29,12 @@ class Kernel:
         self.next_index = 1
         self.calls: list[str] = []
         self.now = 0.0  # the clock counters() stamps its readings with
+        self.in_hw = False  # what the driver did with the filters installed from now on
 
     def state(self, spec: tc.FilterSpec, index: int, packets: int) -> tc.FilterState:
         return tc.FilterState(ifindex=spec.ifindex, direction=spec.direction, priority=spec.priority,
                               chain=spec.chain, handle=1, protocol=tc.ETH_P_ALL, rate=spec.rate, group=spec.group,
-                              trunc=spec.trunc, verdict=-1, cookie=spec.cookie, in_hw=False, packets=packets,
+                              trunc=spec.trunc, verdict=-1, cookie=spec.cookie, in_hw=self.in_hw, packets=packets,
                               index=index)
 
     async def call(self, fn, *args):
@@ -102,6 +103,32 @@ def test_a_flooded_port_is_changed_in_place_and_status_says_why():
         readings = {r.key: r for r in ports.backoff_readings()}
         assert readings[3, "ingress"].packets == 1000
         assert policy.tick(2.5, list(readings.values())) == [] and policy.rate((3, "ingress"), 2) == change.new
+
+    asyncio.run(run())
+
+
+def test_a_filter_sampled_in_hardware_is_reinstalled_at_the_new_rate_not_changed_in_place(caplog):
+    # the driver took the rate when it offloaded the filter; a change of the action alone would leave the hardware
+    # sampling at the old rate while status showed the new one
+    kernel, ports, _policy = setup()
+    kernel.in_hw = True
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        before = kernel.filters[3, "ingress"]
+        failure = ports.change_rate((3, "ingress"), 50)
+        assert failure is not None and "samples in hardware" in failure
+        assert "change_rate" not in kernel.calls and kernel.filters[3, "ingress"] == before
+        (row,) = ports.status_rows()
+        assert row["current_rate"] == 2  # the kernel's rate, until the new filter: the truth meanwhile
+        with caplog.at_level("INFO", logger="hwsflow"):
+            outcome = await ports.heal(3)
+        after = kernel.filters[3, "ingress"]
+        assert outcome.healed == ("ingress",) and after.rate == 50 and after.index != before.index
+        assert ports.ports[3].heals == {} and ports.ports[3].rate_reinstalls == set()  # not another program's doing
+        assert "reinstalled at 1-in-50, as back-off asked" in caplog.text and "deleted by another" not in caplog.text
+        (row,) = ports.status_rows()
+        assert row["current_rate"] == 50
 
     asyncio.run(run())
 
@@ -213,6 +240,26 @@ def test_a_rate_change_during_a_heal_leaves_the_filter_at_the_new_rate(during: o
         assert ports.ports[3].error is None
         (row,) = ports.status_rows()
         assert row["current_rate"] == 47
+
+    asyncio.run(run())
+
+
+def test_a_rate_change_while_a_heal_installs_a_filter_in_hardware_installs_it_again_at_the_new_rate():
+    """In hardware the change cannot be made in place on the new filter: it is installed once more, at the new
+    rate; the heal itself was for a filter another program deleted, and counts as one."""
+    kernel, ports, _policy = setup()
+    kernel.in_hw = True
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        del kernel.filters[3, "ingress"]
+        race = changing_rate_during(kernel, ports, tc.install, 47, answered=True)
+        outcome = await ports.heal(3)
+        (failure,) = race.changes
+        assert failure is not None and "samples in hardware" in failure
+        assert outcome.healed == ("ingress",) and race.installed == [2, 47] and "change_rate" not in kernel.calls
+        assert kernel.filters[3, "ingress"].rate == ports.ports[3].states["ingress"].rate == 47
+        assert ports.ports[3].heals == {"filter_missing": 1} and ports.ports[3].rate_reinstalls == set()
 
     asyncio.run(run())
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hwsflow.core.config import load_config
+from hwsflow.core.model import DEFAULT_OVSDB_SOCKET
 from tests.helpers.paths import REPO
 
 SITE = REPO / "ansible" / "site.yml"
@@ -120,6 +121,17 @@ def test_template_writes_every_optional_key_the_config_accepts(ansible, tmp_path
     assert config.ports[0].switch_id == "0015401234", "a switch id of digits must stay a string"
     assert config.ports[1].group == 7
     assert (config.ovsdb, config.ports[2].bridge, config.ports[2].tunnels) == ("/run/openvswitch/db.sock", "br-int", True)
+
+
+@pytest.mark.parametrize("off", [False, "no"])
+def test_ovsdb_false_turns_reading_open_vswitch_off_and_null_keeps_the_default(ansible, tmp_path: Path, off) -> None:
+    path = tmp_path / "etc" / "hwsflow" / "hwsflow.yaml"
+    result = ansible("--tags", "config", str(SITE), extra=local_vars(tmp_path, hwsflow_ovsdb=off))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_config(str(path)).ovsdb is None
+    result = ansible("--tags", "config", str(SITE), extra=local_vars(tmp_path, hwsflow_ovsdb=None))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_config(str(path)).ovsdb == DEFAULT_OVSDB_SOCKET
 
 
 def test_role_installs_the_repository_unit_with_a_drop_in_that_verifies(ansible, tmp_path: Path) -> None:

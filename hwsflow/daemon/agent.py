@@ -337,7 +337,8 @@ class Agent:
             _say(change.log_line())
             failure = self.ports.change_rate(change.key, change.new)
             if failure is not None:
-                # the filter went meanwhile: healed like any deleted filter, at the rate in force
+                # the filter went meanwhile, or samples in hardware (a new filter carries the rate there): healed
+                # like any deleted filter, at the rate in force
                 log.info("%s; reinstalling it", failure)
                 self.heals.filter_lost(change.key[0], now)
                 self._wake.set()

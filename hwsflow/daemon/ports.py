@@ -289,6 +289,7 @@ class PortManager:
             try:
                 spec, state = await self._read_in_force(port, direction)
                 if spec is None or (state is not None and tc.matches(state, spec)):
+                    port.rate_reinstalls.discard(direction)  # back-off went back before the reinstall was due
                     continue
                 if not may_create_qdisc and await self.rtnl.call(tc.find_clsact_kind, ifindex) is None:
                     return HealOutcome(tuple(healed), waiting=True)  # its owner may be re-creating it: let it
@@ -400,8 +401,13 @@ class PortManager:
         Blocking, and short: the event loop waits for one netlink dump."""
         try:
             counters, at = self.backoff_tc.counters()
-        except (NetlinkError, OSError, MalformedMessage) as err:
+        except (NetlinkError, OSError) as err:
             log.debug("cannot read the sample actions' counters: %s", err)
+            counters, at = {}, None
+        except MalformedMessage as err:
+            # not a passing refusal: every tick would read nothing, and back-off would stop measuring
+            self.limiter.warn(log, "action dump", "cannot parse the kernel's sample action counters, so back-off "
+                              "measures nothing: %s", err)
             counters, at = {}, None
         readings = []
         for port in self.ports.values():

@@ -5,7 +5,9 @@ RTM_GETACTION dump, on the event loop: while it parses, no sample is read.
 Measured here on kernel-layout dump messages (32 actions each, as the kernel
 fills them without TCA_FLAG_LARGE_DUMP_ON; built with the same nla tables the
 agent sends with), parsed by the agent's walk (wire/tc_actions) and by
-pyroute2's decoder for comparison, CPU time of the whole dump.
+pyroute2's decoder for comparison, CPU time of the whole dump.  A real dump's
+actions carry a few more attributes (TCA_SAMPLE_TM, rate estimator and queue
+stats), which both ways skip: the figures are a little low for both.
 """
 
 from __future__ import annotations

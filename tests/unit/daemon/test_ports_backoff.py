@@ -16,6 +16,7 @@ from hwsflow.core.status import render
 from hwsflow.daemon.logs import RateLimiter
 from hwsflow.daemon.ports import HealOutcome, PortManager
 from hwsflow.linux import tc
+from hwsflow.wire.netlink import MalformedMessage
 from hwsflow.wire.tc_actions import ActionCounter
 
 CONFIG = "targets: [192.0.2.10]\nsampling: 2\nmax_samples_per_s: 1000\nports:\n  - name: eth0\n  - name: eth1\n"
@@ -129,6 +130,29 @@ def test_a_filter_sampled_in_hardware_is_reinstalled_at_the_new_rate_not_changed
         assert "reinstalled at 1-in-50, as back-off asked" in caplog.text and "deleted by another" not in caplog.text
         (row,) = ports.status_rows()
         assert row["current_rate"] == 50
+        # back-off going back before the heal was due: the heal finds the filter right, and nothing stays pending
+        installs = kernel.calls.count("install")
+        assert ports.change_rate((3, "ingress"), 80) is not None and ports.change_rate((3, "ingress"), 50) is not None
+        assert await ports.heal(3) == HealOutcome() and kernel.calls.count("install") == installs
+        assert ports.ports[3].rate_reinstalls == set()
+
+    asyncio.run(run())
+
+
+def test_a_counter_dump_that_cannot_be_parsed_is_a_warning_not_a_silent_debug_line(caplog):
+    kernel, ports, _policy = setup()
+
+    def broken() -> tuple[dict[int, ActionCounter], float]:
+        raise MalformedMessage("attribute 1 has length 3 at offset 20")
+
+    async def run() -> None:
+        await ports.reconcile({3: LinkInfo("eth0")})
+        kernel.counters = broken  # type: ignore[method-assign]
+        with caplog.at_level("INFO", logger="hwsflow"):
+            readings = ports.backoff_readings() + ports.backoff_readings()
+        assert [r.packets for r in readings] == [None, None]  # no measurement, no guess
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "back-off measures nothing" in warnings[0].getMessage()  # once, not a tick
 
     asyncio.run(run())
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroute2.netlink import NLA_F_NESTED
 
 from hwsflow.tools.bench_actions import dump_messages
 from hwsflow.wire import tc_nla
-from hwsflow.wire.netlink import MalformedMessage
+from hwsflow.wire.netlink import NLMSG_HDR, MalformedMessage, attr
 from hwsflow.wire.tc_actions import RTM_NEWACTION, ActionCounter, parse_action_dump
 
 U32 = st.integers(0, 2**32 - 1)
@@ -75,6 +77,17 @@ def test_the_64_bit_counter_wins_over_the_basic_one():
     raw = dump_message([sample_action(5, 10, 11, 2**40 + 7, pkt64=True, cookie=b""),
                         sample_action(6, 10, 11, 2**31 + 1, pkt64=False, cookie=b"")])
     assert [a.packets for a in parse_action_dump(raw)] == [2**40 + 7, 2**31 + 1]
+
+
+def test_a_16_byte_basic_counter_as_64_bit_kernels_send_it():
+    # struct gnet_stats_basic is u64 bytes + u32 packets, padded to 16 on 64-bit kernels (12 on 32-bit ones)
+    basic = attr(1, struct.pack("=QI4x", 1500, 77))  # TCA_STATS_BASIC, no PKT64: fewer than 2**32 packets
+    options = attr(2, struct.pack("=IIiii", 12, 0, 3, 1, 1)) + attr(3, struct.pack("=I", 100)) \
+        + attr(5, struct.pack("=I", 4001))  # PARMS, RATE, PSAMPLE_GROUP
+    action = attr(1, b"sample\0") + attr(2 | NLA_F_NESTED, options) + attr(4 | NLA_F_NESTED, basic)
+    body = struct.pack("=BBH", 0, 0, 0) + attr(1 | NLA_F_NESTED, attr(0 | NLA_F_NESTED, action))
+    raw = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), RTM_NEWACTION, 2, 1, 0) + body
+    assert parse_action_dump(raw) == [ActionCounter(12, 100, 4001, 77)]
 
 
 def test_the_benchs_dump_is_what_the_kernel_fills_and_reads_back_whole():

@@ -9,6 +9,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from collections.abc import Iterator
+from typing import Any
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap  # what a read fills: RecvBuffer's area is an mmap
 
@@ -33,6 +34,7 @@ CTRL_ATTR_MCAST_GRP_ID = 2
 # netlink attribute payloads are in host byte order
 NLA_U16 = struct.Struct("=H")
 NLA_U32 = struct.Struct("=I")
+NLA_U64 = struct.Struct("=Q")
 
 
 class MalformedMessage(ValueError):
@@ -77,6 +79,13 @@ def iter_messages(buf: bytes | bytearray | memoryview, end: int) -> Iterator[tup
         msg_type, start, stop = message_extent(buf, pos, end)
         yield msg_type, start, stop
         pos = (stop + 3) & ~3
+
+
+def attr_fields(wire: struct.Struct, buf: Buffer, start: int, end: int, what: str) -> tuple[Any, ...]:
+    """wire's fields from the attribute value buf[start:end]; MalformedMessage when it is shorter than wire."""
+    if end - start < wire.size:
+        raise MalformedMessage(f"{what} is {end - start} bytes, needs {wire.size}")
+    return wire.unpack_from(buf, start)
 
 
 def iter_attrs(buf: Buffer, pos: int, end: int) -> Iterator[tuple[int, int, int]]:

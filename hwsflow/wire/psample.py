@@ -21,9 +21,11 @@ from hwsflow.wire.netlink import (
     NLA_HDR,
     NLA_U16,
     NLA_U32,
+    NLA_U64,
     NLMSG_HDR,
     MalformedMessage,
     attr,
+    attr_fields,
     iter_attrs,
     message_extent,
 )
@@ -52,7 +54,6 @@ CMD_GET_GROUP = 1
 CMD_NEW_GROUP = 2
 CMD_DEL_GROUP = 3
 
-_U64 = struct.Struct("=Q")
 
 # nested TUNNEL attributes (uapi enum psample_tunnel_key_attr)
 TUNNEL_ID = 0
@@ -83,9 +84,9 @@ _SCALARS: dict[int, tuple[struct.Struct, str]] = {
     ATTR_SAMPLE_RATE: (NLA_U32, "raw_rate"),
     ATTR_GROUP_REFCOUNT: (NLA_U32, "refcount"),
     ATTR_OUT_TC: (NLA_U16, "out_tc"),
-    ATTR_OUT_TC_OCC: (_U64, "out_tc_occ"),
-    ATTR_LATENCY: (_U64, "latency"),
-    ATTR_TIMESTAMP: (_U64, "timestamp"),
+    ATTR_OUT_TC_OCC: (NLA_U64, "out_tc_occ"),
+    ATTR_LATENCY: (NLA_U64, "latency"),
+    ATTR_TIMESTAMP: (NLA_U64, "timestamp"),
     ATTR_PROTO: (NLA_U16, "proto"),
 }
 
@@ -153,10 +154,7 @@ def decode_tunnel(buf: Buffer, start: int, end: int) -> TunnelKey:
             value = bytes(buf[value_start:value_end])
         else:
             assert isinstance(wire, struct.Struct)
-            if value_end - value_start < wire.size:
-                raise MalformedMessage(f"tunnel attribute {nested} is {value_end - value_start} bytes, "
-                                       f"needs {wire.size}")
-            value = wire.unpack_from(buf, value_start)[0]
+            value = attr_fields(wire, buf, value_start, value_end, f"tunnel attribute {nested}")[0]
         setattr(key, name, value)
     if unknown:
         key.unknown = tuple(unknown)
@@ -251,7 +249,7 @@ def _apply_attr(sample: Sample, attr_type: int, buf: Buffer, start: int, end: in
     scalar = _SCALARS.get(attr_type)
     if scalar is not None:
         wire, name = scalar
-        if end - start < wire.size:
+        if end - start < wire.size:  # attr_fields' check, inline: this runs for every attribute of every sample
             raise MalformedMessage(f"attribute {attr_type} is {end - start} bytes, needs {wire.size}")
         setattr(sample, name, wire.unpack_from(buf, start)[0])
     elif attr_type == ATTR_DATA:
@@ -380,9 +378,9 @@ def build_attrs(sample: Sample) -> bytes:
     parts.append(attr(ATTR_GROUP_SEQ, NLA_U32.pack(sample.seq)))
     for attr_type, value, wire in (
         (ATTR_OUT_TC, sample.out_tc, NLA_U16),
-        (ATTR_OUT_TC_OCC, sample.out_tc_occ, _U64),
-        (ATTR_LATENCY, sample.latency, _U64),
-        (ATTR_TIMESTAMP, sample.timestamp, _U64),
+        (ATTR_OUT_TC_OCC, sample.out_tc_occ, NLA_U64),
+        (ATTR_LATENCY, sample.latency, NLA_U64),
+        (ATTR_TIMESTAMP, sample.timestamp, NLA_U64),
         (ATTR_PROTO, sample.proto, NLA_U16),
     ):
         if value is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwsflow.wire import tc_nla
-from hwsflow.wire.netlink import NLMSG_HDR, MalformedMessage, iter_attrs, message_extent
+from hwsflow.wire.netlink import NLA_U32, NLA_U64, NLMSG_HDR, MalformedMessage, attr_fields, iter_attrs, message_extent
 
 RTM_NEWACTION = 48  # the type of each message of the dump's answer
 
@@ -40,8 +40,6 @@ _BASIC = _code(tc_nla.ActStats.nla_map, "TCA_STATS_BASIC")
 _PKT64 = _code(tc_nla.ActStats.nla_map, "TCA_STATS_PKT64")
 _TC_GEN = _struct(tc_nla.SampleOptions.tc_gen.fields)  # index first
 _BASIC_STATS = _struct(tc_nla.ActStats.basic.fields)  # bytes, packets
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
 _SAMPLE = b"sample"
 
 
@@ -55,24 +53,14 @@ class ActionCounter:
     packets: int
 
 
-def _u32(buf: bytes, start: int, end: int) -> int:
-    if end - start < 4:
-        raise MalformedMessage(f"a 4-byte attribute has {end - start} bytes")
-    return int(_U32.unpack_from(buf, start)[0])
-
-
 def _packets(buf: bytes, start: int, end: int) -> int:
     """TCA_ACT_STATS: the 64-bit counter where the kernel sends one (newer kernels), else the basic 32-bit one."""
     basic = 0
     for attr_type, value, stop in iter_attrs(buf, start, end):
         if attr_type == _PKT64:
-            if stop - value < 8:
-                raise MalformedMessage(f"TCA_STATS_PKT64 has {stop - value} bytes")
-            return int(_U64.unpack_from(buf, value)[0])
+            return int(attr_fields(NLA_U64, buf, value, stop, "TCA_STATS_PKT64")[0])
         if attr_type == _BASIC:
-            if stop - value < _BASIC_STATS.size:
-                raise MalformedMessage(f"TCA_STATS_BASIC has {stop - value} bytes")
-            basic = int(_BASIC_STATS.unpack_from(buf, value)[1])
+            basic = int(attr_fields(_BASIC_STATS, buf, value, stop, "TCA_STATS_BASIC")[1])
     return basic
 
 
@@ -91,13 +79,11 @@ def _action(buf: bytes, start: int, end: int) -> ActionCounter | None:
     index = rate = group = None
     for attr_type, value, stop in iter_attrs(buf, *options):
         if attr_type == _PARMS:
-            if stop - value < _TC_GEN.size:
-                raise MalformedMessage(f"TCA_SAMPLE_PARMS has {stop - value} bytes")
-            index = int(_TC_GEN.unpack_from(buf, value)[0])
+            index = int(attr_fields(_TC_GEN, buf, value, stop, "TCA_SAMPLE_PARMS")[0])
         elif attr_type == _RATE:
-            rate = _u32(buf, value, stop)
+            rate = int(attr_fields(NLA_U32, buf, value, stop, "TCA_SAMPLE_RATE")[0])
         elif attr_type == _GROUP:
-            group = _u32(buf, value, stop)
+            group = int(attr_fields(NLA_U32, buf, value, stop, "TCA_SAMPLE_PSAMPLE_GROUP")[0])
     if index is None:
         return None
     return ActionCounter(index, rate or 0, group or 0, _packets(buf, *stats) if stats is not None else 0)

@@ -22,27 +22,62 @@ from hwsflow.wire import tc_actions, tc_nla
 COUNTS = (256, 2048)  # sample actions on the host: a rack switch's ports, and a SmartNIC host's VF representors
 
 
+def sample_action(index: int, rate: int, group: int, packets: int, pkt64: bool = True,
+                  cookie: bytes = b"") -> dict[str, Any]:
+    """One sample action of a dump, as tc_nla's classes encode it: parameters, options and counters."""
+    stats: list[list[Any]] = [["TCA_STATS_BASIC", {"bytes": 1500 * (packets & 0xFFFFFFFF),
+                                                       "packets": packets & 0xFFFFFFFF}]]
+    if pkt64:
+        stats.append(["TCA_STATS_PKT64", packets])
+    attrs: list[list[Any]] = [
+        ["TCA_ACT_KIND", "sample"],
+        ["TCA_ACT_OPTIONS", {"attrs": [
+            ["TCA_SAMPLE_PARMS", {"index": index, "capab": 0, "action": tc_nla.TC_ACT_PIPE, "refcnt": 1,
+                                  "bindcnt": 1}],
+            ["TCA_SAMPLE_RATE", rate], ["TCA_SAMPLE_TRUNC_SIZE", 128], ["TCA_SAMPLE_PSAMPLE_GROUP", group]]}],
+        ["TCA_ACT_STATS", {"attrs": stats}],
+    ]
+    if cookie:
+        attrs.append(["TCA_ACT_COOKIE", cookie])
+    return {"attrs": attrs}
+
+
+def dump_message(actions: list[dict[str, Any]]) -> bytes:
+    """One RTM_NEWACTION message of a dump's answer holding these actions (at most TCA_ACT_MAX_PRIO)."""
+    tc_nla.register()
+    msg = tc_nla.TcaMsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["header"]["type"] = tc_actions.RTM_NEWACTION
+    msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [[f"TCA_ACT_PRIO_{i}", action]
+                                                for i, action in enumerate(actions, 1)]}]]
+    msg.encode()
+    return bytes(msg.data)
+
+
 def dump_messages(count: int) -> list[bytes]:
     """An RTM_GETACTION dump's answer for `count` sample actions, one message per TCA_ACT_MAX_PRIO of them."""
-    tc_nla.register()
-    messages = []
-    for first in range(0, count, tc_nla.TCA_ACT_MAX_PRIO):
-        actions = [[f"TCA_ACT_PRIO_{i + 1}", {"attrs": [
-            ["TCA_ACT_KIND", "sample"],
-            ["TCA_ACT_OPTIONS", {"attrs": [
-                ["TCA_SAMPLE_PARMS", {"index": index, "capab": 0, "action": tc_nla.TC_ACT_PIPE, "refcnt": 1,
-                                      "bindcnt": 1}],
-                ["TCA_SAMPLE_RATE", 1000], ["TCA_SAMPLE_TRUNC_SIZE", 128], ["TCA_SAMPLE_PSAMPLE_GROUP", index]]}],
-            ["TCA_ACT_STATS", {"attrs": [["TCA_STATS_BASIC", {"bytes": 1500 * index, "packets": index}],
-                                         ["TCA_STATS_PKT64", index]]}],
-        ]}] for i, index in enumerate(range(first + 1, min(first + tc_nla.TCA_ACT_MAX_PRIO, count) + 1))]
-        msg = tc_nla.TcaMsg()
-        msg["family"] = socket.AF_UNSPEC
-        msg["header"]["type"] = tc_actions.RTM_NEWACTION
-        msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": actions}]]
-        msg.encode()
-        messages.append(bytes(msg.data))
-    return messages
+    return [dump_message([sample_action(index, 1000, index, index)
+                          for index in range(first + 1, min(first + tc_nla.TCA_ACT_MAX_PRIO, count) + 1)])
+            for first in range(0, count, tc_nla.TCA_ACT_MAX_PRIO)]
+
+
+def pyroute2_counters(raw: bytes) -> list[tc_actions.ActionCounter]:
+    """The same counters through pyroute2's decoder, as the agent read them before the walk: the reference the
+    tests hold the walk to, and the bench's comparison."""
+    msg = tc_nla.TcaMsg(raw)
+    msg.decode()
+    found = []
+    for _name, action in msg.get_attr("TCA_ROOT_TAB")["attrs"]:
+        options = action.get_attr("TCA_ACT_OPTIONS") if action.get_attr("TCA_ACT_KIND") == "sample" else None
+        if options is None or options.get_attr("TCA_SAMPLE_PARMS") is None:
+            continue
+        stats = action.get_attr("TCA_ACT_STATS")
+        pkt64 = stats.get_attr("TCA_STATS_PKT64") if stats is not None else None
+        packets = pkt64 if pkt64 is not None else stats.get_attr("TCA_STATS_BASIC")["packets"] if stats else 0
+        found.append(tc_actions.ActionCounter(options.get_attr("TCA_SAMPLE_PARMS")["index"],
+                                              options.get_attr("TCA_SAMPLE_RATE") or 0,
+                                              options.get_attr("TCA_SAMPLE_PSAMPLE_GROUP") or 0, packets))
+    return found
 
 
 def _walk(messages: list[bytes]) -> int:
@@ -50,16 +85,7 @@ def _walk(messages: list[bytes]) -> int:
 
 
 def _pyroute2(messages: list[bytes]) -> int:
-    """The same four numbers an action through pyroute2's decoder, as the agent read them before the walk."""
-    found = []
-    for raw in messages:
-        msg = tc_nla.TcaMsg(raw)
-        msg.decode()
-        for _name, action in msg.get_attr("TCA_ROOT_TAB")["attrs"]:
-            options, stats = action.get_attr("TCA_ACT_OPTIONS"), action.get_attr("TCA_ACT_STATS")
-            found.append((options.get_attr("TCA_SAMPLE_PARMS")["index"], options.get_attr("TCA_SAMPLE_RATE"),
-                          options.get_attr("TCA_SAMPLE_PSAMPLE_GROUP"), stats.get_attr("TCA_STATS_PKT64")))
-    return len(found)
+    return sum(len(pyroute2_counters(raw)) for raw in messages)
 
 
 def _median_ms(parse: Any, messages: list[bytes], count: int, runs: int) -> float:

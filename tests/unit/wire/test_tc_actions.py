@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import struct
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink import NLA_F_NESTED
 
-from hwsflow.tools.bench_actions import dump_messages
+from hwsflow.tools.bench_actions import dump_message, dump_messages, pyroute2_counters, sample_action
 from hwsflow.wire import tc_nla
 from hwsflow.wire.netlink import NLMSG_HDR, MalformedMessage, attr
 from hwsflow.wire.tc_actions import RTM_NEWACTION, ActionCounter, parse_action_dump
 
 U32 = st.integers(0, 2**32 - 1)
-
-
-def dump_message(actions: list[list[Any]]) -> bytes:
-    tc_nla.register()
-    msg = tc_nla.TcaMsg()
-    msg["family"] = socket.AF_UNSPEC
-    msg["header"]["type"] = RTM_NEWACTION
-    msg["attrs"] = [["TCA_ROOT_TAB", {"attrs": [[f"TCA_ACT_PRIO_{i}", action] for i, action in enumerate(actions, 1)]}]]
-    msg.encode()
-    return bytes(msg.data)
-
-
-def sample_action(index: int, rate: int, group: int, packets: int, pkt64: bool, cookie: bytes) -> dict[str, Any]:
-    stats: list[list[Any]] = [["TCA_STATS_BASIC", {"bytes": 99, "packets": packets & 0xFFFFFFFF}]]
-    if pkt64:
-        stats.append(["TCA_STATS_PKT64", packets])
-    attrs: list[list[Any]] = [
-        ["TCA_ACT_KIND", "sample"],
-        ["TCA_ACT_OPTIONS", {"attrs": [
-            ["TCA_SAMPLE_PARMS", {"index": index, "capab": 0, "action": 3, "refcnt": 1, "bindcnt": 1}],
-            ["TCA_SAMPLE_RATE", rate], ["TCA_SAMPLE_TRUNC_SIZE", 128], ["TCA_SAMPLE_PSAMPLE_GROUP", group]]}],
-        ["TCA_ACT_STATS", {"attrs": stats}],
-    ]
-    if cookie:
-        attrs.append(["TCA_ACT_COOKIE", cookie])
-    return {"attrs": attrs}
-
-
-def pyroute2_counters(raw: bytes) -> list[ActionCounter]:
-    """The reference: pyroute2's decoder of the same bytes, the path the agent used before the walk."""
-    msg = tc_nla.TcaMsg(raw)
-    msg.decode()
-    found = []
-    for _name, action in msg.get_attr("TCA_ROOT_TAB")["attrs"]:
-        options = action.get_attr("TCA_ACT_OPTIONS") if action.get_attr("TCA_ACT_KIND") == "sample" else None
-        if options is None or options.get_attr("TCA_SAMPLE_PARMS") is None:
-            continue
-        stats = action.get_attr("TCA_ACT_STATS")
-        pkt64 = stats.get_attr("TCA_STATS_PKT64") if stats is not None else None
-        packets = pkt64 if pkt64 is not None else stats.get_attr("TCA_STATS_BASIC")["packets"] if stats else 0
-        found.append(ActionCounter(options.get_attr("TCA_SAMPLE_PARMS")["index"],
-                                   options.get_attr("TCA_SAMPLE_RATE") or 0,
-                                   options.get_attr("TCA_SAMPLE_PSAMPLE_GROUP") or 0, packets))
-    return found
 
 
 def test_a_dump_reads_back_as_counters_with_other_kinds_skipped():
@@ -74,8 +28,8 @@ def test_a_dump_reads_back_as_counters_with_other_kinds_skipped():
 
 
 def test_the_64_bit_counter_wins_over_the_basic_one():
-    raw = dump_message([sample_action(5, 10, 11, 2**40 + 7, pkt64=True, cookie=b""),
-                        sample_action(6, 10, 11, 2**31 + 1, pkt64=False, cookie=b"")])
+    raw = dump_message([sample_action(5, 10, 11, 2**40 + 7, pkt64=True),
+                        sample_action(6, 10, 11, 2**31 + 1, pkt64=False)])
     assert [a.packets for a in parse_action_dump(raw)] == [2**40 + 7, 2**31 + 1]
 
 

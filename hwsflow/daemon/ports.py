@@ -438,8 +438,8 @@ class PortManager:
         Not in place for a filter that samples in hardware: the driver (mlx5, mlxsw) took the rate when the filter
         was offloaded, and a change of the action alone does not reach it (the kernel offers a standalone action
         to the drivers' action offload, never to the filter's hardware copy).  The sampling would go on at the
-        old rate while status showed the new one; that filter is reinstalled instead, a gap of one netlink
-        round trip."""
+        old rate while status showed the new one; that filter is reinstalled by the heal instead (after its
+        settle time), a gap of a delete and an add."""
         ifindex, direction = key
         port = self.ports.get(ifindex)
         current = port.spec(direction) if port is not None else None
